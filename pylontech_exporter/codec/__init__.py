@@ -1,0 +1,1 @@
+"""Bytes <-> frames <-> typed readings. No I/O here."""
