@@ -10,7 +10,6 @@ import enum
 import math
 from dataclasses import dataclass, fields
 
-
 #: Modules per group the addressing can express (n = 2 .. 17 in ADR = n + 0x10 * m).
 MAX_MODULES_PER_GROUP = 16
 

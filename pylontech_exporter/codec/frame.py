@@ -93,9 +93,10 @@ def encode_frame(frame: Frame) -> bytes:
     if lenid > MAX_LENID:
         raise FrameError(f"INFO of {len(frame.info)} bytes does not fit in a frame")
     length = (length_checksum(lenid) << 12) | lenid
-    body = b"%02X%02X%02X%02X%04X" % (
-        frame.version, frame.address, frame.cid1, frame.cid2, length
-    ) + info
+    body = (
+        b"%02X%02X%02X%02X%04X" % (frame.version, frame.address, frame.cid1, frame.cid2, length)
+        + info
+    )
     return b"~" + body + b"%04X" % frame_checksum(body) + b"\r"
 
 

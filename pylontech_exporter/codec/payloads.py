@@ -82,21 +82,24 @@ ANALOG_MODULE = c.Struct(
     "temperatures" / c.Array(c.this.temperature_count, Celsius),
     "current" / Amperes,
     "voltage" / ModuleVolts,
-    "remaining_capacity_2" / c.Rebuild(
+    "remaining_capacity_2"
+    / c.Rebuild(
         c.Int16ub,
-        lambda ctx: NO_SHORT_CAPACITY
-        if ctx.extended_capacity
-        else _milliamp_hours(ctx.remaining_capacity),
+        lambda ctx: (
+            NO_SHORT_CAPACITY if ctx.extended_capacity else _milliamp_hours(ctx.remaining_capacity)
+        ),
     ),
     "user_defined_items" / c.Rebuild(c.Int8ub, lambda ctx: 4 if ctx.extended_capacity else 2),
-    "total_capacity_2" / c.Rebuild(
+    "total_capacity_2"
+    / c.Rebuild(
         c.Int16ub,
-        lambda ctx: NO_SHORT_CAPACITY
-        if ctx.extended_capacity
-        else _milliamp_hours(ctx.total_capacity),
+        lambda ctx: (
+            NO_SHORT_CAPACITY if ctx.extended_capacity else _milliamp_hours(ctx.total_capacity)
+        ),
     ),
     "cycle_number" / c.Int16ub,
-    "capacity_3" / c.If(
+    "capacity_3"
+    / c.If(
         c.this.user_defined_items >= 4,
         c.Rebuild(
             c.Struct("remaining" / c.Int24ub, "total" / c.Int24ub),
@@ -107,11 +110,14 @@ ANALOG_MODULE = c.Struct(
         ),
     ),
     "extended_capacity" / c.Computed(c.this.user_defined_items >= 4),
-    "remaining_capacity" / c.Computed(
-        lambda ctx: (ctx.capacity_3.remaining if ctx.extended_capacity else ctx.remaining_capacity_2)
-        / 1000
+    "remaining_capacity"
+    / c.Computed(
+        lambda ctx: (
+            (ctx.capacity_3.remaining if ctx.extended_capacity else ctx.remaining_capacity_2) / 1000
+        )
     ),
-    "total_capacity" / c.Computed(
+    "total_capacity"
+    / c.Computed(
         lambda ctx: (ctx.capacity_3.total if ctx.extended_capacity else ctx.total_capacity_2) / 1000
     ),
 )
@@ -124,7 +130,8 @@ ALARM_MODULE = c.Struct(
     "charge_current_state" / State,
     "voltage_state" / State,
     "discharge_current_state" / State,
-    "protections" / c.BitStruct(  # Status 1
+    "protections"
+    / c.BitStruct(  # Status 1
         "module_under_voltage" / c.Flag,
         "charge_over_temperature" / c.Flag,
         "discharge_over_temperature" / c.Flag,
@@ -134,7 +141,8 @@ ALARM_MODULE = c.Struct(
         "cell_under_voltage" / c.Flag,
         "module_over_voltage" / c.Flag,
     ),
-    "status" / c.BitStruct(  # Status 2, then Status 3
+    "status"
+    / c.BitStruct(  # Status 2, then Status 3
         c.Padding(4),
         "using_battery_power" / c.Flag,
         "discharge_mosfet_on" / c.Flag,
@@ -149,7 +157,8 @@ ALARM_MODULE = c.Struct(
         "buzzer_on" / c.Flag,
     ),
     # Status 4 holds cells 1-8 (bit 0 = cell 1), Status 5 cells 9-16.
-    "cell_voltage_errors" / c.ExprAdapter(
+    "cell_voltage_errors"
+    / c.ExprAdapter(
         c.Int16ul,
         lambda raw, ctx: tuple(bool(raw >> i & 1) for i in range(min(ctx.cell_count, 16))),
         lambda errors, ctx: sum(1 << i for i, error in enumerate(errors[:16]) if error),
@@ -197,7 +206,8 @@ MANAGEMENT_INFO = c.Struct(
     "discharge_voltage_limit" / ModuleVolts,
     "charge_current_limit" / Amperes,
     "discharge_current_limit" / Amperes,
-    "status" / c.BitStruct(
+    "status"
+    / c.BitStruct(
         "charge_enable" / c.Flag,
         "discharge_enable" / c.Flag,
         "charge_immediately_1" / c.Flag,
@@ -327,9 +337,7 @@ ALARM_INFO_BANK: BankPayload[ModuleAlarms] = BankPayload(ALARM_MODULE, _module_a
 SYSTEM_PARAMETERS_INFO: Payload[SystemParameters] = Payload(
     SYSTEM_PARAMETERS, _flat(SystemParameters)
 )
-MANAGEMENT: Payload[ManagementInfo] = Payload(
-    MANAGEMENT_INFO, _flat(ManagementInfo), _nest_status
-)
+MANAGEMENT: Payload[ManagementInfo] = Payload(MANAGEMENT_INFO, _flat(ManagementInfo), _nest_status)
 SERIAL: Payload[ModuleSerialNumber] = Payload(SERIAL_NUMBER, _flat(ModuleSerialNumber))
 SOFTWARE: Payload[SoftwareVersion] = Payload(SOFTWARE_VERSION, _flat(SoftwareVersion))
 MANUFACTURER: Payload[ManufacturerInfo] = Payload(MANUFACTURER_INFO, _flat(ManufacturerInfo))
