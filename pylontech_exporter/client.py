@@ -1,0 +1,307 @@
+"""The library API: one method per read command of the Pylontech RS485 protocol.
+
+This is the transaction layer, the only code that touches the bus: it owns the lock
+(one request in flight per bus), the retries, the deadline and the request counters.
+Nothing here can send a write command; the frame encoder refuses 0x94 and 0x95.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .codec import payloads
+from .codec.frame import Command, Frame, ReturnCode, decode_frame, encode_request
+from .errors import PylontechError, ResponseError, ResponseTimeout, TransportError
+from .models import (
+    MAX_MODULES_PER_GROUP,
+    GroupValues,
+    ManagementInfo,
+    ManufacturerInfo,
+    ModuleAlarms,
+    ModuleSerialNumber,
+    ModuleValues,
+    ProtocolVersion,
+    SoftwareVersion,
+    SystemParameters,
+    master_address,
+)
+from .transport import DEFAULT_BAUDRATE, SerialTransport
+
+log = logging.getLogger(__name__)
+
+#: Return codes that mean the request was garbled on the line: worth another try.
+_RETRYABLE_CODES = frozenset({ReturnCode.CHKSUM_ERROR, ReturnCode.LCHKSUM_ERROR})
+
+_ALL_MODULES = bytes([payloads.ALL_MODULES])
+
+ScanProgress = Callable[[int, Optional[str]], None]
+
+
+@dataclass
+class RequestStats:
+    """What went over the bus: requests sent and failures by reason."""
+
+    requests: int = 0
+    failures: Counter = field(default_factory=Counter)
+
+
+class Pylontech:
+    """A Pylontech battery bus.
+
+    ``port`` is any pyserial URL: ``/dev/ttyUSB0``, ``socket://192.168.1.20:8899``,
+    ``rfc2217://...``. The port opens on the first request and reopens by itself after a
+    failure. ``timeout`` bounds each response; ``command_gap`` is the minimum pause
+    between commands some manuals ask for; ``retries`` is how often a request that got
+    no valid answer is repeated.
+    """
+
+    def __init__(
+        self,
+        port: str = "/dev/ttyUSB0",
+        baudrate: int = DEFAULT_BAUDRATE,
+        *,
+        timeout: float = 1.0,
+        command_gap: float = 0.0,
+        retries: int = 1,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout}")
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, not {retries}")
+        self.transport = SerialTransport(port, baudrate, command_gap=command_gap)
+        self.timeout = timeout
+        self.retries = retries
+        self.stats = RequestStats()
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        #: Per group: does the firmware answer the bank-wide (FF) query? None = not tried.
+        self._bank_query: dict[int, bool] = {}
+        self._addresses: dict[int, list[int]] = {}
+
+    # -- connection ------------------------------------------------------------------
+
+    @property
+    def port(self) -> str:
+        return self.transport.port
+
+    def close(self) -> None:
+        with self._lock:
+            self.transport.close()
+
+    def __enter__(self) -> Pylontech:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def deadline(self, when: float) -> Iterator[None]:
+        """Bound every request made by this thread inside the block by ``when`` (a
+        :func:`time.monotonic` value): timeouts are capped to the time left, and once it
+        has passed requests fail with :class:`ResponseTimeout` without touching the bus."""
+        previous = getattr(self._local, "deadline", None)
+        self._local.deadline = when if previous is None else min(when, previous)
+        try:
+            yield
+        finally:
+            self._local.deadline = previous
+
+    # -- the transaction -------------------------------------------------------------
+
+    def request(
+        self,
+        address: int,
+        command: Command,
+        info: bytes = b"",
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> Frame:
+        """Send one read command and return the response frame (RTN 00 checked).
+
+        Raises :class:`ResponseTimeout`, :class:`FrameError` (incl. checksum),
+        :class:`ResponseError` for another RTN, :class:`TransportError` when the port
+        cannot be used.
+        """
+        request = encode_request(address, command, info)
+        limit = getattr(self._local, "deadline", None)
+        if limit is not None and limit <= time.monotonic():
+            raise ResponseTimeout("deadline passed before the request was sent")
+        attempts = 1 + (self.retries if retries is None else retries)
+        with self._lock:
+            for attempt in range(attempts):
+                try:
+                    return self._exchange(address, request, timeout or self.timeout)
+                except PylontechError as error:
+                    self.stats.failures[error.reason] += 1
+                    final = attempt + 1 == attempts or not _worth_retrying(error)
+                    log.debug(
+                        "0x%02X to 0x%02X failed (%s)%s",
+                        command,
+                        address,
+                        error,
+                        "" if final else ", retrying",
+                    )
+                    if final:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _exchange(self, address: int, request: bytes, timeout: float) -> Frame:
+        deadline = time.monotonic() + timeout
+        limit = getattr(self._local, "deadline", None)
+        if limit is not None:
+            deadline = min(deadline, limit)
+        self.stats.requests += 1
+        self.transport.send(request)
+        while True:
+            response = decode_frame(self.transport.read_frame(deadline))
+            if response.address == address:
+                break
+            # A late answer to an earlier request, or another master's traffic.
+            log.debug(
+                "ignoring a frame from 0x%02X while waiting for 0x%02X", response.address, address
+            )
+        if response.cid2 != ReturnCode.NORMAL:
+            raise ResponseError(response.cid2, address)
+        return response
+
+    # -- one method per read command -------------------------------------------------
+
+    def get_values_single(self, address: int) -> ModuleValues:
+        """Analog values of the module at ``address`` (0x42)."""
+        frame = self.request(address, Command.ANALOG_VALUES, bytes([address]))
+        return payloads.ANALOG_VALUES.parse(frame.info)
+
+    def get_values_bank(self, group: int = 0) -> GroupValues:
+        """Analog values of every module of ``group`` in one bank-wide query (0x42, FF).
+
+        Raises :class:`PylontechError` when the firmware does not answer it."""
+        frame = self.request(
+            master_address(group), Command.ANALOG_VALUES, bytes([payloads.ALL_MODULES])
+        )
+        return GroupValues(group, tuple(payloads.ANALOG_VALUES_BANK.parse(frame.info, group)))
+
+    def get_values(self, group: int = 0) -> GroupValues:
+        """Analog values of every module of ``group``: bank-wide when the firmware
+        answers it, else module by module (the modules found by :meth:`discover`)."""
+        if self._bank_query.get(group, True):
+            try:
+                values = self.get_values_bank(group)
+            except TransportError:
+                raise
+            except PylontechError as error:
+                log.info(
+                    "group %d ignores the bank-wide query (%s); reading module by module",
+                    group,
+                    error,
+                )
+                self._bank_query[group] = False
+            else:
+                self._bank_query[group] = True
+                return values
+        addresses = self._addresses.get(group) or self.discover(group)
+        return GroupValues(group, tuple(self.get_values_single(a) for a in addresses))
+
+    def get_alarm_info(self, address: int) -> ModuleAlarms:
+        """Alarm and protection state of the module at ``address`` (0x44)."""
+        frame = self.request(address, Command.ALARM_INFO, bytes([address]))
+        return payloads.ALARM_INFO.parse(frame.info)
+
+    def get_alarm_info_bank(self, group: int = 0) -> list[ModuleAlarms]:
+        """Alarm info of every module of ``group`` in one bank-wide query (0x44, FF)."""
+        frame = self.request(
+            master_address(group), Command.ALARM_INFO, bytes([payloads.ALL_MODULES])
+        )
+        return payloads.ALARM_INFO_BANK.parse(frame.info, group)
+
+    def get_system_parameters(self, address: int) -> SystemParameters:
+        """Protection thresholds of the module at ``address`` (0x47)."""
+        return payloads.SYSTEM_PARAMETERS_INFO.parse(
+            self.request(address, Command.SYSTEM_PARAMETERS).info
+        )
+
+    def get_management_info(self, address: int) -> ManagementInfo:
+        """Charge/discharge limits and requests of the module at ``address`` (0x92)."""
+        frame = self.request(address, Command.MANAGEMENT_INFO, bytes([address]))
+        return payloads.MANAGEMENT.parse(frame.info)
+
+    def get_module_serial_number(self, address: int) -> ModuleSerialNumber:
+        """Serial number of the module at ``address`` (0x93)."""
+        frame = self.request(address, Command.SERIAL_NUMBER, bytes([address]))
+        return payloads.SERIAL.parse(frame.info)
+
+    def get_software_version(self, address: int) -> SoftwareVersion:
+        """Firmware version of the module at ``address`` (0x96)."""
+        frame = self.request(address, Command.SOFTWARE_VERSION, bytes([address]))
+        return payloads.SOFTWARE.parse(frame.info)
+
+    def get_manufacturer_info(self, address: int) -> ManufacturerInfo:
+        """Device and manufacturer name (0x51); every module answers with the master's."""
+        return payloads.MANUFACTURER.parse(self.request(address, Command.MANUFACTURER_INFO).info)
+
+    def get_protocol_version(self, address: int) -> ProtocolVersion:
+        """Protocol version spoken by the module at ``address`` (0x4F)."""
+        return ProtocolVersion.from_ver(self.request(address, Command.PROTOCOL_VERSION).version)
+
+    # -- discovery -------------------------------------------------------------------
+
+    def discover(self, group: int = 0, *, timeout: float | None = None) -> list[int]:
+        """Addresses of the modules of ``group``: from the master upward until the first
+        address that does not answer. ``timeout`` is the per-address wait (default: the
+        client's timeout, at most 0.5 s)."""
+        wait = timeout or min(self.timeout, 0.5)
+        found = []
+        first = master_address(group)
+        for address in range(first, first + MAX_MODULES_PER_GROUP):
+            try:
+                self.request(address, Command.SERIAL_NUMBER, bytes([address]), timeout=wait)
+            except ResponseTimeout:
+                break
+            found.append(address)
+        self._addresses[group] = found
+        return found
+
+    def scan_for_batteries(
+        self,
+        start: int = 2,
+        end: int = 0x80,
+        *,
+        timeout: float = 0.3,
+        progress: ScanProgress | None = None,
+    ) -> dict[int, str]:
+        """Probe every address in ``range(start, end)`` for a serial number.
+
+        Returns address -> serial number. ``progress(address, serial_or_None)`` is called
+        after each address. Each silent address costs ``timeout`` seconds, without retry.
+        """
+        batteries = {}
+        for address in range(max(start, 1), min(end, 0xFF)):
+            serial_number = None
+            try:
+                frame = self.request(
+                    address, Command.SERIAL_NUMBER, bytes([address]), timeout=timeout, retries=0
+                )
+                serial_number = payloads.SERIAL.parse(frame.info).serial_number
+                batteries[address] = serial_number
+            except TransportError:
+                raise
+            except PylontechError as error:
+                log.debug("no battery at 0x%02X: %s", address, error)
+            if progress is not None:
+                progress(address, serial_number)
+        return batteries
+
+
+def _worth_retrying(error: PylontechError) -> bool:
+    """Everything but a deliberate refusal: a battery that answered "ADR error" will say
+    it again, while a garbled, lost or reset exchange (the port reopens) may well pass."""
+    if isinstance(error, ResponseError):
+        return error.code in _RETRYABLE_CODES
+    return True

@@ -1,0 +1,134 @@
+"""The serial line: open a pyserial URL, send a request, read back one frame.
+
+Knows nothing about what frames mean. Any pyserial URL works: a device path
+(``/dev/ttyUSB0``, ``/dev/serial/by-id/...``), ``socket://host:port`` for RS485-to-Ethernet
+gateways, ``rfc2217://host:port``. After an I/O failure (adapter unplugged, gateway reset)
+the port is closed and the next request reopens it, so callers see one failed request,
+not a dead object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import deque
+
+import serial
+
+from .codec.stream import FrameSplitter
+from .errors import ResponseTimeout, TransportError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BAUDRATE = 115200
+
+
+class SerialTransport:
+    """One serial line. Not thread-safe: the client serialises access."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int = DEFAULT_BAUDRATE,
+        *,
+        command_gap: float = 0.0,
+    ) -> None:
+        if baudrate <= 0:
+            raise ValueError(f"baud rate must be positive, not {baudrate}")
+        if command_gap < 0:
+            raise ValueError(f"command gap must not be negative, not {command_gap}")
+        self.port = port
+        self.baudrate = baudrate
+        #: Minimum pause between the end of one exchange and the next request.
+        self.command_gap = command_gap
+        self._serial: serial.SerialBase | None = None
+        self._splitter = FrameSplitter()
+        #: Frames already received but not yet handed out (two frames in one read).
+        self._pending: deque[bytes] = deque()
+        self._last_activity = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    def open(self) -> None:
+        if self._serial is not None:
+            return
+        local = "://" not in self.port
+        try:
+            port = serial.serial_for_url(
+                self.port,
+                baudrate=self.baudrate,
+                bytesize=serial.EIGHTBITS,
+                parity=serial.PARITY_NONE,
+                stopbits=serial.STOPBITS_ONE,
+                timeout=0,
+                write_timeout=2.0,
+                do_not_open=True,
+            )
+            if local:
+                port.exclusive = True  # two readers on one bus garble each other
+            port.open()
+        except (serial.SerialException, OSError, ValueError) as error:
+            raise TransportError(f"cannot open {self.port}: {_describe(error)}") from None
+        self._serial = port
+        log.debug("opened %s at %d baud", self.port, self.baudrate)
+
+    def close(self) -> None:
+        port, self._serial = self._serial, None
+        if port is not None:
+            with contextlib.suppress(serial.SerialException, OSError):
+                port.close()
+
+    def send(self, request: bytes) -> None:
+        """Discard stale input, honour the command gap, write ``request``."""
+        self.open()
+        assert self._serial is not None
+        pause = self._last_activity + self.command_gap - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        try:
+            self._serial.reset_input_buffer()
+            self._splitter.clear()
+            self._pending.clear()
+            self._serial.write(request)
+            self._serial.flush()
+        except (serial.SerialException, OSError) as error:
+            self.close()
+            raise TransportError(f"write to {self.port} failed: {_describe(error)}") from None
+        self._last_activity = time.monotonic()
+
+    def read_frame(self, deadline: float) -> bytes:
+        """The next candidate frame (``~`` .. CR) received before ``deadline``
+        (a :func:`time.monotonic` value). Raises :class:`ResponseTimeout`."""
+        self.open()
+        assert self._serial is not None
+        while not self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ResponseTimeout(f"no complete response from {self.port} in time")
+            try:
+                self._serial.timeout = remaining
+                data = self._serial.read(1)
+                if data and self._serial.in_waiting:
+                    data += self._serial.read(self._serial.in_waiting)
+            except (serial.SerialException, OSError) as error:
+                self.close()
+                raise TransportError(f"read from {self.port} failed: {_describe(error)}") from None
+            self._last_activity = time.monotonic()
+            self._pending.extend(self._splitter.feed(data))
+        return self._pending.popleft()
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    if "Errno 2" in text or "No such file" in text:
+        return "no such device (is the adapter plugged in? check the path)"
+    if "Errno 13" in text or "Permission denied" in text:
+        return "permission denied (add the user to the 'dialout' group)"
+    if "Errno 11" in text or "exclusive" in text.lower() or "Resource temporarily" in text:
+        return "the port is in use by another program"
+    if "Connection refused" in text:
+        return "connection refused (is the gateway's TCP server port right?)"
+    return text
