@@ -10,7 +10,9 @@ not a dead object.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import re
 import time
 from collections import deque
 
@@ -121,14 +123,22 @@ class SerialTransport:
         return self._pending.popleft()
 
 
+_ERRNO_HINTS = {
+    errno.ENOENT: "no such device (is the adapter plugged in? check the path)",
+    errno.EACCES: "permission denied (add the user to the 'dialout' group)",
+    errno.EAGAIN: "the port is in use by another program",
+    errno.EBUSY: "the port is in use by another program",
+    errno.ECONNREFUSED: "connection refused (is the gateway's TCP port right?)",
+    errno.EHOSTUNREACH: "host unreachable (check the gateway's address)",
+}
+
+
 def _describe(error: BaseException) -> str:
+    """pyserial's message with a hint at the usual cause."""
     text = str(error)
-    if "Errno 2" in text or "No such file" in text:
-        return "no such device (is the adapter plugged in? check the path)"
-    if "Errno 13" in text or "Permission denied" in text:
-        return "permission denied (add the user to the 'dialout' group)"
-    if "Errno 11" in text or "exclusive" in text.lower() or "Resource temporarily" in text:
-        return "the port is in use by another program"
-    if "Connection refused" in text:
-        return "connection refused (is the gateway's TCP server port right?)"
-    return text
+    found = re.search(r"\[Errno (\d+)\]", text)
+    code = int(found.group(1)) if found else getattr(error, "errno", None)
+    hint = _ERRNO_HINTS.get(code) if isinstance(code, int) else None
+    if "exclusively lock" in text:
+        hint = _ERRNO_HINTS[errno.EBUSY]
+    return f"{hint} [{text}]" if hint else text

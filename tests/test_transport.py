@@ -1,0 +1,194 @@
+"""The serial line against a real pseudo-terminal and a real TCP socket.
+
+The peer on the other end is a bare file descriptor or socket driven by the test, so
+these tests see exactly which bytes cross the line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import tty
+
+import pytest
+
+from pylontech_exporter.codec.frame import Command, Frame, encode_frame, encode_request
+from pylontech_exporter.errors import ResponseTimeout, TransportError
+from pylontech_exporter.transport import SerialTransport
+
+REQUEST = encode_request(0x02, Command.SERIAL_NUMBER, b"\x02")
+ANSWER = encode_frame(Frame(0x20, 0x02, 0x46, 0x00, b"\x02" + b"A" * 16))
+OTHER = encode_frame(Frame(0x20, 0x03, 0x46, 0x00, b"\x03" + b"B" * 16))
+
+
+@pytest.fixture
+def pty_pair():
+    """(master fd, path of the slave device), both raw."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    yield master, os.ttyname(slave)
+    os.close(master)
+    os.close(slave)
+
+
+def read_request(fd: int, timeout: float = 2.0) -> bytes:
+    data, end = b"", time.monotonic() + timeout
+    while not data.endswith(b"\r") and time.monotonic() < end:
+        data += os.read(fd, 1024)
+    return data
+
+
+def test_request_goes_out_and_a_noisy_answer_comes_back(pty_pair):
+    master, path = pty_pair
+    line = SerialTransport(path)
+    line.send(REQUEST)
+    assert read_request(master) == REQUEST
+    os.write(master, b"\x00\x00noise" + ANSWER + b"\x00\x00")
+    assert line.read_frame(time.monotonic() + 1) == ANSWER
+    line.close()
+
+
+def test_second_frame_of_one_read_is_kept_for_the_next_read(pty_pair):
+    master, path = pty_pair
+    line = SerialTransport(path)
+    line.send(REQUEST)
+    os.write(master, ANSWER + OTHER)
+    assert line.read_frame(time.monotonic() + 1) == ANSWER
+    assert line.read_frame(time.monotonic() + 1) == OTHER
+    line.close()
+
+
+def test_stale_input_is_discarded_before_a_request(pty_pair):
+    master, path = pty_pair
+    line = SerialTransport(path)
+    line.open()
+    os.write(master, OTHER)  # a late answer to some earlier request
+    time.sleep(0.05)
+    line.send(REQUEST)
+    os.write(master, ANSWER)
+    assert line.read_frame(time.monotonic() + 1) == ANSWER
+    line.close()
+
+
+def test_silence_times_out_on_time(pty_pair):
+    _, path = pty_pair
+    line = SerialTransport(path)
+    line.send(REQUEST)
+    started = time.monotonic()
+    with pytest.raises(ResponseTimeout):
+        line.read_frame(started + 0.2)
+    assert 0.2 <= time.monotonic() - started < 0.6
+    line.close()
+
+
+def test_a_truncated_frame_never_comes_out(pty_pair):
+    master, path = pty_pair
+    line = SerialTransport(path)
+    line.send(REQUEST)
+    os.write(master, ANSWER[:30])
+    with pytest.raises(ResponseTimeout):
+        line.read_frame(time.monotonic() + 0.2)
+    line.close()
+
+
+def test_command_gap_spaces_requests(pty_pair):
+    master, path = pty_pair
+    line = SerialTransport(path, command_gap=0.15)
+    line.send(REQUEST)
+    read_request(master)
+    line.send(REQUEST)
+    first_done = time.monotonic()
+    read_request(master)
+    line.send(REQUEST)
+    read_request(master)
+    assert time.monotonic() - first_done >= 0.15
+    line.close()
+
+
+def test_missing_device_is_a_clear_error(tmp_path):
+    with pytest.raises(TransportError, match="no such device"):
+        SerialTransport(str(tmp_path / "ttyUSB9")).open()
+
+
+def test_a_local_device_is_opened_exclusively(pty_pair):
+    _, path = pty_pair
+    first = SerialTransport(path)
+    first.open()
+    with pytest.raises(TransportError, match="in use"):
+        SerialTransport(path).open()
+    first.close()
+
+
+def test_invalid_settings_are_rejected():
+    with pytest.raises(ValueError, match="baud"):
+        SerialTransport("/dev/null", 0)
+    with pytest.raises(ValueError, match="gap"):
+        SerialTransport("/dev/null", command_gap=-1)
+
+
+class Gateway:
+    """A TCP server like an RS485-to-Ethernet gateway: answers each request with
+    ``ANSWER``, and can drop the connection."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"socket://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections = 0
+        self.hang_up = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(0.05)
+                while True:
+                    if self.hang_up.is_set():
+                        self.hang_up.clear()
+                        break
+                    try:
+                        data = conn.recv(1024)
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    conn.sendall(ANSWER)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_tcp_gateway_reset_fails_one_request_then_reconnects():
+    gateway = Gateway()
+    line = SerialTransport(gateway.url)
+    line.send(REQUEST)
+    assert line.read_frame(time.monotonic() + 1) == ANSWER
+    gateway.hang_up.set()
+    time.sleep(0.2)
+    with pytest.raises(TransportError):
+        line.send(REQUEST)
+        line.read_frame(time.monotonic() + 1)
+    assert not line.is_open
+    line.send(REQUEST)
+    assert line.read_frame(time.monotonic() + 1) == ANSWER
+    assert gateway.connections == 2
+    line.close()
+    gateway.close()
+
+
+def test_refused_connection_is_a_clear_error():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.close()
+    with pytest.raises(TransportError, match="refused"):
+        SerialTransport(f"socket://127.0.0.1:{port}").open()
