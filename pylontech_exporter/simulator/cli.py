@@ -1,0 +1,163 @@
+"""``pylontech-simulator``: a virtual Pylontech stack on a pty or a TCP port."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .battery import BatteryStack
+from .faults import FAULT_HELP, Fault, parse_fault
+from .models import MODELS, get_model
+from .serve import PtySimulator, TcpSimulator
+
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr and exit 2 (argparse would also print the usage)."""
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _groups(text: str) -> int | list[int]:
+    try:
+        if "," not in text:
+            count = int(text)
+            if not 1 <= count <= 7:
+                raise ValueError
+            return count
+        numbers = [int(part) for part in text.split(",")]
+        if not numbers or any(not 0 <= n <= 7 for n in numbers) or len(set(numbers)) < len(numbers):
+            raise ValueError
+        return numbers
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count 1..7 or distinct group numbers 0..7 like 0,2; not {text!r}"
+        ) from None
+
+
+def _model(text: str) -> str:
+    try:
+        return get_model(text).name
+    except KeyError as error:
+        raise argparse.ArgumentTypeError(error.args[0]) from None
+
+
+def _fault(text: str) -> Fault:
+    try:
+        return parse_fault(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(kind: type) -> object:
+    def convert(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pylontech-simulator",
+        description="Serve a virtual Pylontech low-voltage stack (RS485 protocol V3.3) "
+        "on a pseudo-terminal or a TCP port until SIGINT/SIGTERM.",
+        epilog=FAULT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", metavar="LINK", help="create symlink LINK to a new pty")
+    where.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP")
+    parser.add_argument("--modules", type=int, default=3, help="modules per group (3)")
+    parser.add_argument(
+        "--groups",
+        type=_groups,
+        default=1,
+        help="number of groups (1 = group 0; G > 1 = groups 1..G) or a list like 0,2",
+    )
+    parser.add_argument(
+        "--model", type=_model, default="US3000C", help=f"one of {', '.join(MODELS)}"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--baudrate", type=_positive(int), help="pace answers at this rate")
+    parser.add_argument(
+        "--latency", type=_positive(float), default=0.07, help="seconds to first byte (0.07)"
+    )
+    parser.add_argument(
+        "--speed", type=_positive(float), default=1.0, help="simulated seconds per second (1)"
+    )
+    parser.add_argument(
+        "--no-bank-query", action="store_true", help="masters ignore the FF bank-wide query"
+    )
+    parser.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="inject a fault (repeatable), see below",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 1 <= args.modules <= 16:
+        parser.error(f"--modules must be 1..16, not {args.modules}")
+    if not args.baudrate and args.baudrate is not None:
+        parser.error("--baudrate must be positive")
+    stack = BatteryStack(
+        modules=args.modules,
+        groups=args.groups,
+        model=args.model,
+        seed=args.seed,
+        bank_query_supported=False if args.no_bank_query else None,
+    )
+    stack.faults.extend(args.fault)
+    stack.follow_clock(speed=args.speed)
+    options = {"baudrate": args.baudrate, "latency": args.latency}
+    server: PtySimulator | TcpSimulator
+    if args.pty:
+        server = PtySimulator(stack, args.pty, **options)
+    else:
+        server = TcpSimulator(stack, *args.tcp, **options)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        server.start()
+    except OSError as error:
+        print(f"{parser.prog}: error: cannot listen: {error}", file=sys.stderr)
+        return USAGE_ERROR if args.pty else 1
+    addresses = " ".join(f"0x{m.address:02X}" for m in stack.modules)
+    print(f"{args.model} modules at {addresses}", file=sys.stderr, flush=True)
+    where = f"{server.link} -> {server.device}" if isinstance(server, PtySimulator) else server.url
+    print(f"listening on {where}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Put a :class:`BatteryStack` on a wire: a pseudo-terminal or a TCP port.
+
+Both servers run one background thread (``start()``/``stop()`` or ``with``), frame
+incoming bytes on CR with resynchronisation on ``~`` (bytes outside a frame are
+dropped), answer requests one at a time like a single RS485 bus, and can emulate the
+line: ``latency`` seconds to the first byte (0.07 like real modules; pass 0 in tests)
+and ``baudrate`` pacing (10 bits per byte; None = as fast as possible). A fault's delay
+comes on top of the latency. Before each answer the stack catches up with the wall
+clock if :meth:`BatteryStack.follow_clock` was called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import socket
+import threading
+import time
+import tty
+from typing import Callable, TypeVar
+
+from .battery import BatteryStack
+
+#: Longest partial frame kept while waiting for its CR (real requests are < 40 bytes).
+MAX_PENDING = 4096
+#: Pacing granularity: bytes are handed to the OS in slices of about this many seconds.
+PACING_SLICE = 0.005
+
+_S = TypeVar("_S", bound="_Server")
+
+
+class Framer:
+    """Splits a byte stream into ``~ ... \\r`` frames, resynchronising on ``~``."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the frames it completed, SOI to EOI inclusive."""
+        self._buffer += data
+        frames = []
+        while True:
+            start = self._buffer.find(b"~")
+            if start < 0:
+                self._buffer.clear()
+                return frames
+            del self._buffer[:start]
+            end = self._buffer.find(b"\r")
+            if end < 0:
+                if len(self._buffer) > MAX_PENDING:
+                    self._buffer.clear()
+                return frames
+            frame = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            frames.append(frame[frame.rfind(b"~") :])
+
+
+class _Server:
+    """The thread, the stop logic and the line emulation shared by both servers."""
+
+    def __init__(
+        self, stack: BatteryStack, *, baudrate: int | None = None, latency: float = 0.07
+    ) -> None:
+        self.stack = stack
+        self.baudrate = baudrate
+        self.latency = latency
+        #: Requests answered or deliberately ignored so far (frames seen).
+        self.requests = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+
+    def start(self: _S) -> _S:
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        self._stopping.clear()
+        self._open()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release every fd; safe to call twice."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        self._thread = None
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._close()
+
+    def __enter__(self: _S) -> _S:
+        """Starts the server unless :func:`serve_pty`/:func:`serve_tcp` already did."""
+        return self if self._thread is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _answer(self, request: bytes, write: Callable[[bytes], None]) -> None:
+        """Answer one framed request through ``write``, with latency and pacing."""
+        self.requests += 1
+        self.stack.sync()
+        reply = self.stack.handle(request)
+        if reply.data is None:
+            return
+        if self._stopping.wait(self.latency + reply.delay):
+            return
+        if not self.baudrate:
+            write(reply.data)
+            return
+        per_byte = 10.0 / self.baudrate
+        size = max(1, int(PACING_SLICE / per_byte))
+        started = time.monotonic()
+        for offset in range(0, len(reply.data), size):
+            piece = reply.data[offset : offset + size]
+            due = started + (offset + len(piece)) * per_byte
+            if self._stopping.wait(max(0.0, due - time.monotonic())):
+                return
+            write(piece)
+
+
+class PtySimulator(_Server):
+    """Serves on a pseudo-terminal; ``link`` becomes a symlink to its slave device, so
+    ``serial.Serial(link)`` or any serial program can open it.
+
+    Both ends are put in raw mode. The simulator keeps the slave open itself, so the
+    link works while no client has it open and a client may close and reopen it at will.
+    An existing symlink at ``link`` is replaced; anything else there is an error.
+    Bytes nobody reads are dropped when the pty buffer is full, as on a real line.
+    """
+
+    def __init__(
+        self,
+        stack: BatteryStack,
+        link: str | os.PathLike[str],
+        *,
+        baudrate: int | None = None,
+        latency: float = 0.07,
+    ) -> None:
+        super().__init__(stack, baudrate=baudrate, latency=latency)
+        self.link = os.fspath(link)
+        #: The slave device (e.g. /dev/pts/5) once started.
+        self.device = ""
+        self._master = self._slave = -1
+
+    def _open(self) -> None:
+        if os.path.lexists(self.link) and not os.path.islink(self.link):
+            raise FileExistsError(f"{self.link} exists and is not a symlink")
+        self._master, self._slave = os.openpty()
+        try:
+            tty.setraw(self._master)
+            tty.setraw(self._slave)
+            os.set_blocking(self._master, False)
+            self.device = os.ttyname(self._slave)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.link)
+            os.symlink(self.device, self.link)
+        except OSError:
+            os.close(self._master)
+            os.close(self._slave)
+            raise
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            if os.readlink(self.link) == self.device:
+                os.unlink(self.link)
+        os.close(self._master)
+        os.close(self._slave)
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            try:
+                data = data[os.write(self._master, data) :]
+            except BlockingIOError:
+                return  # nobody reads: the rest is lost, like on a real line
+
+    def _run(self) -> None:
+        framer = Framer()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._master, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fd == self._wake_r:
+                        return
+                    try:
+                        data = os.read(self._master, 4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError as error:  # EIO: no slave open (cannot happen while
+                        if error.errno != errno.EIO:  # we hold it, but be safe)
+                            raise
+                        self._stopping.wait(0.05)
+                        continue
+                    for frame in framer.feed(data):
+                        self._answer(frame, self._write)
+
+
+class TcpSimulator(_Server):
+    """Serves on TCP like an RS485-to-Ethernet gateway; ``port=0`` picks a free port.
+
+    Any number of clients may be connected at once, sequentially or concurrently; each
+    gets the answers to its own requests, and requests are answered one at a time as
+    on one bus.
+    """
+
+    def __init__(
+        self,
+        stack: BatteryStack,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        baudrate: int | None = None,
+        latency: float = 0.07,
+    ) -> None:
+        super().__init__(stack, baudrate=baudrate, latency=latency)
+        self.host = host
+        self.port = port
+        self._listener: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        """A pyserial URL for the server, ``socket://HOST:PORT``."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"socket://{host}:{self.port}"
+
+    def _open(self) -> None:
+        self._listener = socket.create_server((self.host, self.port))
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+
+    def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _run(self) -> None:
+        assert self._listener is not None
+        clients: dict[socket.socket, Framer] = {}
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            try:
+                while not self._stopping.is_set():
+                    for key, _ in selector.select():
+                        if key.fd == self._wake_r:
+                            return
+                        if key.fileobj is self._listener:
+                            with contextlib.suppress(BlockingIOError):
+                                conn, _ = self._listener.accept()
+                                conn.settimeout(5.0)
+                                clients[conn] = Framer()
+                                selector.register(conn, selectors.EVENT_READ)
+                            continue
+                        conn = key.fileobj  # type: ignore[assignment]
+                        try:
+                            data = conn.recv(4096)
+                            if not data:
+                                raise ConnectionResetError
+                            for frame in clients[conn].feed(data):
+                                self._answer(frame, conn.sendall)
+                        except OSError:
+                            selector.unregister(conn)
+                            del clients[conn]
+                            conn.close()
+            finally:
+                for conn in clients:
+                    conn.close()
+
+
+def serve_pty(
+    stack: BatteryStack,
+    link: str | os.PathLike[str],
+    *,
+    baudrate: int | None = None,
+    latency: float = 0.07,
+) -> PtySimulator:
+    """Start a :class:`PtySimulator`; stop it with ``.stop()`` or use it in ``with``."""
+    server = PtySimulator(stack, link, baudrate=baudrate, latency=latency)
+    server.start()
+    return server
+
+
+def serve_tcp(
+    stack: BatteryStack,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    baudrate: int | None = None,
+    latency: float = 0.07,
+) -> TcpSimulator:
+    """Start a :class:`TcpSimulator`; ``.url`` tells where it listens."""
+    server = TcpSimulator(stack, host, port, baudrate=baudrate, latency=latency)
+    server.start()
+    return server
