@@ -1,0 +1,567 @@
+"""``pylontech-exporter``: serve metrics (default), ``scan`` the bus, ``dump`` one snapshot.
+
+Flags are Prometheus-style (``--serial.port``); each also reads an environment variable,
+``--a.b-c`` <-> ``PYLONTECH_EXPORTER_A_B_C``. A flag on the command line wins.
+Configuration errors print one line that says what to fix and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, NoReturn
+
+from . import __version__
+from .config import (
+    DEFAULT_BAUDRATE,
+    DEFAULT_COMMAND_GAP,
+    DEFAULT_TIMEOUT,
+    Config,
+    ConfigError,
+    banks_from_flags,
+    check_port_available,
+    load_config,
+)
+from .logging_setup import FORMATS, LEVELS, kv, setup_logging
+
+log = logging.getLogger("pylontech_exporter")
+
+PROG = "pylontech-exporter"
+ENV_PREFIX = "PYLONTECH_EXPORTER_"
+COMMANDS = ("scan", "dump")
+EXIT_CONFIG = 2
+NO_SOURCE = (
+    "nothing to read: give --serial.port (a device or pyserial URL such as "
+    "socket://10.0.0.7:8899), --config.file (YAML with the banks) or --simulate "
+    "(built-in virtual battery stack)"
+)
+
+
+def env_name(flag: str) -> str:
+    """``--serial.command-gap`` -> ``PYLONTECH_EXPORTER_SERIAL_COMMAND_GAP``."""
+    return ENV_PREFIX + flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
+
+
+# --- argument types: messages say what is expected -----------------------------------------
+
+
+def _number(kind: str, convert: Callable[[str], Any], check: Callable[[Any], bool]) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+        return value
+
+    parse.__name__ = kind
+    return parse
+
+
+positive_int = _number("a positive integer", int, lambda v: v > 0)
+group_number = _number("a group number 0..7 (DIP switches 2-4)", int, lambda v: 0 <= v <= 7)
+positive_seconds = _number("a positive number of seconds", float, lambda v: v > 0)
+seconds = _number("a number of seconds >= 0", float, lambda v: v >= 0)
+
+
+def _choice(name: str, choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    parse.__name__ = name
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and environment-variable defaults."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
+
+    def apply_environment(self, environ: dict[str, str]) -> None:
+        """Use ``PYLONTECH_EXPORTER_*`` variables as defaults (flags still win)."""
+        for action in self._actions:
+            flags = [o for o in action.option_strings if o.startswith("--")]
+            if not flags or action.dest in ("help", "version"):
+                continue
+            name = env_name(flags[0])
+            if name not in environ:
+                continue
+            text = environ[name]
+            try:
+                if isinstance(action, argparse._StoreTrueAction):
+                    value: Any = _boolean(text)
+                elif isinstance(action, argparse._AppendAction):
+                    convert = action.type or str
+                    value = [convert(p.strip()) for p in text.split(",") if p.strip()]  # type: ignore[operator]
+                else:
+                    value = action.type(text) if action.type else text  # type: ignore[operator]
+            except argparse.ArgumentTypeError as error:
+                self.error(f"environment variable {name}: {error}")
+            action.default = value
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The parser of ``command`` (None: the exporter itself)."""
+    prog = PROG if command is None else f"{PROG} {command}"
+    descriptions = {
+        None: "Prometheus exporter for Pylontech low-voltage batteries (RS485 protocol V3.3). "
+        "Reads every module of every configured bank when Prometheus scrapes.",
+        "scan": "Probe every bus address and list the modules that answer "
+        "(address, group, module position, serial number, firmware).",
+        "dump": "Read one snapshot of every configured bank and print it.",
+    }
+    epilog = (
+        "commands:\n  scan    find the modules on the bus\n  dump    print one snapshot\n"
+        f"\nEvery flag --a.b-c can also be set as environment variable {ENV_PREFIX}A_B_C."
+        if command is None
+        else f"Every flag --a.b-c can also be set as environment variable {ENV_PREFIX}A_B_C."
+    )
+    parser = Parser(
+        prog=prog,
+        description=descriptions[command],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_argument_group("where the batteries are")
+    source.add_argument(
+        "--serial.port",
+        dest="serial_port",
+        metavar="PORT",
+        help="serial device or pyserial URL, e.g. /dev/ttyUSB0, socket://10.0.0.7:8899, "
+        "rfc2217://host:port",
+    )
+    source.add_argument(
+        "--serial.baudrate",
+        dest="serial_baudrate",
+        type=positive_int,
+        default=DEFAULT_BAUDRATE,
+        metavar="BAUD",
+        help="115200 with DIP switch 1 off, 9600 with it on (default %(default)s)",
+    )
+    source.add_argument(
+        "--serial.timeout",
+        dest="serial_timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for a response (default %(default)s)",
+    )
+    source.add_argument(
+        "--serial.command-gap",
+        dest="serial_command_gap",
+        type=seconds,
+        default=DEFAULT_COMMAND_GAP,
+        metavar="SECONDS",
+        help="pause between two requests, some manuals ask for one (default %(default)s)",
+    )
+    source.add_argument(
+        "--group",
+        dest="group",
+        type=group_number,
+        action="append",
+        metavar="N",
+        help="group (0..7) to read on --serial.port; repeat for several (default 0)",
+    )
+    source.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="FILE",
+        help="YAML file with the banks (name, port, group, baudrate, modules, bank_query)",
+    )
+    source.add_argument(
+        "--simulate",
+        dest="simulate",
+        action="store_true",
+        help="read a built-in virtual battery stack instead of real batteries",
+    )
+    source.add_argument(
+        "--simulate.modules",
+        dest="simulate_modules",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="modules per group of the virtual stack (default %(default)s)",
+    )
+    if command is None:
+        parser.add_argument(
+            "--config.check",
+            dest="config_check",
+            action="store_true",
+            help="check the configuration (and that the ports open) and exit: 0 ok, 2 not",
+        )
+        web = parser.add_argument_group("serving")
+        web.add_argument(
+            "--web.listen-address",
+            dest="web_listen_address",
+            default=":10460",
+            metavar="[HOST]:PORT",
+            help="address to listen on; :PORT for all interfaces (default %(default)s)",
+        )
+        web.add_argument(
+            "--web.telemetry-path",
+            dest="web_telemetry_path",
+            default="/metrics",
+            metavar="PATH",
+            help="path of the metrics (default %(default)s)",
+        )
+        web.add_argument(
+            "--web.disable-exporter-metrics",
+            dest="web_disable_exporter_metrics",
+            action="store_true",
+            help="leave out the process_* and python_* metrics",
+        )
+        web.add_argument(
+            "--cache.ttl",
+            dest="cache_ttl",
+            type=seconds,
+            default=5.0,
+            metavar="SECONDS",
+            help="serve a snapshot this young as is; 0 reads at every scrape (default %(default)s)",
+        )
+        web.add_argument(
+            "--scrape.timeout-offset",
+            dest="scrape_timeout_offset",
+            type=seconds,
+            default=0.5,
+            metavar="SECONDS",
+            help="finish this long before Prometheus' scrape timeout (default %(default)s)",
+        )
+    elif command == "scan":
+        parser.add_argument(
+            "--scan.timeout",
+            dest="scan_timeout",
+            type=positive_seconds,
+            default=0.3,
+            metavar="SECONDS",
+            help="wait per address (default %(default)s)",
+        )
+    elif command == "dump":
+        parser.add_argument("--json", dest="json", action="store_true", help="print JSON")
+        parser.add_argument(
+            "--dump.timeout",
+            dest="dump_timeout",
+            type=positive_seconds,
+            default=30.0,
+            metavar="SECONDS",
+            help="give up reading after this long (default %(default)s)",
+        )
+    logs = parser.add_argument_group("logging")
+    logs.add_argument(
+        "--log.level",
+        dest="log_level",
+        type=_choice("level", list(LEVELS)),
+        default="info",
+        metavar="LEVEL",
+        help=f"one of {', '.join(LEVELS)} (default %(default)s)",
+    )
+    logs.add_argument(
+        "--log.format",
+        dest="log_format",
+        type=_choice("format", FORMATS),
+        default="logfmt",
+        metavar="FORMAT",
+        help="logfmt or json, on stderr (default %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
+    """Split off the command (``scan``/``dump``) and parse the flags."""
+    args = list(argv)
+    command = args.pop(0) if args and args[0] in COMMANDS else None
+    parser = build_parser(command)
+    parser.apply_environment(dict(os.environ) if environ is None else environ)
+    namespace = parser.parse_args(args)
+    namespace.command = command
+    namespace.parser = parser
+    #: Whether groups were asked for (scan then probes only those, not every address).
+    namespace.group_given = namespace.group is not None
+    if namespace.group is None:
+        namespace.group = [0]
+    return namespace
+
+
+# --- from flags to banks -------------------------------------------------------------------
+
+
+def fail(message: str) -> NoReturn:
+    """The one-line configuration error, exit status 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Banks from --serial.port/--group or --config.file (not --simulate)."""
+    if args.serial_port and args.config_file:
+        raise ConfigError(
+            "--serial.port and --config.file both given; put every bank in the config file"
+        )
+    settings = dict(
+        baudrate=args.serial_baudrate,
+        timeout=args.serial_timeout,
+        command_gap=args.serial_command_gap,
+    )
+    if args.config_file:
+        return load_config(args.config_file, **settings)
+    return banks_from_flags(args.serial_port, args.group, **settings)
+
+
+@contextlib.contextmanager
+def open_source(args: argparse.Namespace) -> Iterator[tuple[Config, bool]]:
+    """The configured banks (checked, ports opened once) or a running virtual stack.
+    Yields (config, simulated). Exits 2 on bad configuration."""
+    if not (args.serial_port or args.config_file or args.simulate):
+        fail(NO_SOURCE)
+    if args.simulate:
+        if args.serial_port or args.config_file:
+            fail(
+                "--simulate reads the built-in virtual stack; leave out --serial.port and "
+                "--config.file"
+            )
+        from .demo import simulated_config
+
+        with simulated_config(
+            groups=list(dict.fromkeys(args.group)),
+            modules=args.simulate_modules,
+            timeout=args.serial_timeout,
+        ) as config:
+            yield config, True
+        return
+    try:
+        config = build_config(args)
+        for port in dict.fromkeys(b.port for b in config.banks):
+            check_port_available(port)
+    except ConfigError as error:
+        fail(str(error))
+    yield config, False
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    from prometheus_client.gc_collector import GCCollector
+    from prometheus_client.platform_collector import PlatformCollector
+    from prometheus_client.process_collector import ProcessCollector
+    from prometheus_client.registry import CollectorRegistry
+
+    from . import landing
+    from .cache import SnapshotCache
+    from .collector import PylontechCollector
+    from .poller import Poller
+    from .server import ExporterServer, parse_listen_address
+
+    try:
+        address = parse_listen_address(args.web_listen_address)
+    except ValueError as error:
+        fail(str(error))
+    path = args.web_telemetry_path
+    if not path.startswith("/") or path == "/":
+        fail(
+            f"--web.telemetry-path {path!r}: must start with / and not be / itself (the "
+            "landing page), e.g. /metrics"
+        )
+    with open_source(args) as (config, simulated):
+        if args.config_check:
+            print(
+                f"{config.source}: ok, {len(config.banks)} bank(s): "
+                + ", ".join(f"{b.name} ({b.port} group {b.group})" for b in config.banks)
+            )
+            return 0
+        poller = Poller(config.banks)
+        cache = SnapshotCache(poller.read, poller.unread, args.cache_ttl)
+        registry = CollectorRegistry()
+        registry.register(PylontechCollector(cache.get, args.cache_ttl))
+        if not args.web_disable_exporter_metrics:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        try:
+            server = ExporterServer(
+                address,
+                registry=registry,
+                landing=lambda: landing.render(
+                    config.banks, cache.last, telemetry_path=path, simulated=simulated
+                ),
+                telemetry_path=path,
+                timeout_offset=args.scrape_timeout_offset,
+            )
+        except OSError as error:
+            fail(
+                f"--web.listen-address {args.web_listen_address}: cannot listen: "
+                f"{error.strerror or error}"
+            )
+        stop = threading.Event()
+
+        def shutdown(signum: int, frame: Any) -> None:
+            log.info("shutting down", extra=kv(signal=signal.Signals(signum).name))
+            stop.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, shutdown)
+        signal.signal(signal.SIGINT, shutdown)
+        host, port = server.server_address[:2]
+        log.info(
+            "listening",
+            extra=kv(
+                address=f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}",
+                path=path,
+                version=__version__,
+                simulated=simulated,
+                banks=",".join(f"{b.name}@{b.port}/{b.group}" for b in config.banks),
+            ),
+        )
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.server_close()
+            poller.close()
+    return 0
+
+
+# --- scan ----------------------------------------------------------------------------------
+
+
+def group_of(address: int) -> int:
+    """Group of a bus address (n = 2..17 in ADR = n + 0x10 * m)."""
+    return (address - 2) // 0x10
+
+
+def scan(args: argparse.Namespace) -> int:
+    from .client import Pylontech
+    from .errors import PylontechError, TransportError
+    from .models import module_position
+
+    with open_source(args) as (config, _simulated):
+        ports = {}
+        for bank in config.banks:
+            ports.setdefault(bank.port, (bank.serial, []))[1].append(bank.group)
+        tty = sys.stderr.isatty()
+        rows = []
+        for port, (serial, groups) in ports.items():
+            if args.group_given or args.config_file or args.simulate:
+                ranges = [(0x02 + 0x10 * g, 0x12 + 0x10 * g) for g in sorted(set(groups))]
+            else:
+                ranges = [(0x02, 0x80)]
+            print(
+                f"scanning {port} at {serial.baudrate} baud, {args.scan_timeout:g} s per address",
+                file=sys.stderr,
+            )
+            found_count = 0
+
+            def progress(address: int, serial_number: str | None) -> None:
+                nonlocal found_count
+                if serial_number is not None:
+                    found_count += 1
+                    line = f"  0x{address:02X}: found {serial_number}"
+                    print(("\r\x1b[K" if tty else "") + line, file=sys.stderr)
+                elif tty:
+                    print(
+                        f"\r\x1b[K  0x{address:02X} (group {group_of(address)}) ... "
+                        f"{found_count} found",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+            with Pylontech(
+                port, serial.baudrate, timeout=serial.timeout, command_gap=serial.command_gap
+            ) as client:
+                try:
+                    found: dict[int, str] = {}
+                    for start, end in ranges:
+                        found.update(
+                            client.scan_for_batteries(
+                                start, end, timeout=args.scan_timeout, progress=progress
+                            )
+                        )
+                except TransportError as error:
+                    if tty:
+                        print(file=sys.stderr)
+                    fail(str(error))
+                if tty:
+                    print("\r\x1b[K", end="", file=sys.stderr)
+                for address, serial_number in sorted(found.items()):
+                    group = group_of(address)
+                    try:
+                        version = client.get_software_version(address)
+                        firmware = f"{version.mainline_version} ({version.manufacturer_version})"
+                    except PylontechError as error:
+                        firmware = f"? ({error.reason})"
+                    rows.append(
+                        (
+                            port,
+                            address,
+                            group,
+                            module_position(address, group),
+                            serial_number,
+                            firmware,
+                        )
+                    )
+        if not rows:
+            print(
+                "no battery answered: check the wiring (A/B), the baud rate (DIP switch 1) "
+                "and that no other master is on the bus",
+                file=sys.stderr,
+            )
+            return 1
+        header = ("port", "address", "group", "module", "serial number", "firmware")
+        table = [header] + [(p, f"0x{a:02X}", str(g), str(m), s, f) for p, a, g, m, s, f in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print(f"{len(rows)} module(s) found", file=sys.stderr)
+        return 0
+
+
+# --- dump ----------------------------------------------------------------------------------
+
+
+def dump(args: argparse.Namespace) -> int:
+    from .dump import render_json, render_table
+    from .poller import Poller
+
+    with open_source(args) as (config, _simulated):
+        poller = Poller(config.banks)
+        try:
+            snapshot = poller.read(time.monotonic() + args.dump_timeout)
+        finally:
+            poller.close()
+        print(render_json(snapshot) if args.json else render_table(snapshot))
+        return 0 if all(b.up for b in snapshot.banks) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    if args.command == "scan":
+        return scan(args)
+    if args.command == "dump":
+        return dump(args)
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

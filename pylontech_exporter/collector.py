@@ -1,0 +1,495 @@
+"""Prometheus metric families from a snapshot (the contract is docs/metrics.md).
+
+Each small collector class turns one part of a :class:`~pylontech_exporter.poller.Snapshot`
+into fresh metric families; :class:`PylontechCollector` asks the snapshot cache for a
+snapshot on every scrape and chains them. A module whose analog values were not read in
+this scrape exports ``pylontech_module_up 0`` and nothing else; a bank that was not read
+exports ``pylontech_up 0`` and its counters. No sample carries a timestamp.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from typing import Callable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .models import AlarmState, ModuleAlarms
+from .poller import FAILURE_REASONS, BankReading, ModuleReading, Snapshot
+
+#: Deadline (time.monotonic()) of the scrape being served on this thread.
+scrape_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "scrape_deadline", default=None
+)
+#: Used when a scrape comes without X-Prometheus-Scrape-Timeout-Seconds.
+DEFAULT_SCRAPE_TIMEOUT = 10.0
+
+STATES = {
+    AlarmState.NORMAL: "normal",
+    AlarmState.LOW: "low",
+    AlarmState.HIGH: "high",
+    AlarmState.FAULT: "fault",
+}
+PROTECTIONS = (
+    "module_under_voltage",
+    "charge_over_temperature",
+    "discharge_over_temperature",
+    "discharge_over_current",
+    "charge_over_current",
+    "cell_under_voltage",
+    "module_over_voltage",
+)
+STATUS_FLAGS = (
+    "using_battery_power",
+    "discharge_mosfet_on",
+    "charge_mosfet_on",
+    "pre_mosfet_on",
+    "effective_charge_current",
+    "effective_discharge_current",
+    "heater_on",
+    "fully_charged",
+    "buzzer_on",
+)
+CHARGE_REQUESTS = {
+    "charge_immediately_1": "charge_immediately_1",
+    "charge_immediately_2": "charge_immediately_2",
+    "full_charge": "full_charge_request",
+}
+
+
+def sensor_name(index: int) -> str:
+    """Label value of the ``index``-th (0-based) temperature of a module."""
+    if index == 0:
+        return "bms"
+    if index <= 4:
+        return f"cells_{index}"
+    if index == 5:
+        return "mosfet"
+    return f"t{index + 1}"
+
+
+def _up_modules(snapshot: Snapshot) -> Iterator[tuple[BankReading, ModuleReading]]:
+    for bank in snapshot.banks:
+        for module in bank.modules:
+            if module.up:
+                yield bank, module
+
+
+def _labels(bank: BankReading, module: ModuleReading) -> list[str]:
+    return [bank.name, str(module.position)]
+
+
+class _Part:
+    """One group of families. ``families(snapshot)`` always yields every family (empty
+    ones too), so ``describe()`` can list them without a snapshot."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+
+    def reading_help(self, text: str) -> str:
+        if self.ttl > 0:
+            return f"{text} (read at most every {self.ttl:g} s, cached in between)"
+        return f"{text} (read at every scrape)"
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class HealthCollector(_Part):
+    """Reachability of banks and modules, bus statistics, build info::
+
+    # TYPE pylontech_up gauge
+    pylontech_up{bank="0"} 1.0
+    # TYPE pylontech_module_up gauge
+    pylontech_module_up{bank="0",module="1"} 1.0
+    # TYPE pylontech_scrape_duration_seconds gauge
+    pylontech_scrape_duration_seconds{bank="0"} 0.094
+    # TYPE pylontech_serial_requests_total counter
+    pylontech_serial_requests_total{bank="0"} 42.0
+    # TYPE pylontech_serial_request_failures_total counter
+    pylontech_serial_request_failures_total{bank="0",reason="timeout"} 0.0
+    # TYPE pylontech_exporter_build_info gauge
+    pylontech_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "pylontech_up", "1 when this scrape read the bank, else 0", labels=["bank"]
+        )
+        module_up = GaugeMetricFamily(
+            "pylontech_module_up",
+            "1 when this scrape read the module's analog values, else 0",
+            labels=["bank", "module"],
+        )
+        duration = GaugeMetricFamily(
+            "pylontech_scrape_duration_seconds",
+            "Time the last bus read of the bank took",
+            labels=["bank"],
+        )
+        requests = CounterMetricFamily(
+            "pylontech_serial_requests", "Requests sent on the bus", labels=["bank"]
+        )
+        failures = CounterMetricFamily(
+            "pylontech_serial_request_failures",
+            "Failed requests by reason (timeout, checksum, frame, return_code, transport)",
+            labels=["bank", "reason"],
+        )
+        for bank in snapshot.banks:
+            up.add_metric([bank.name], 1.0 if bank.up else 0.0)
+            for module in bank.modules:
+                module_up.add_metric(_labels(bank, module), 1.0 if module.up else 0.0)
+            duration.add_metric([bank.name], bank.duration)
+            requests.add_metric([bank.name], bank.requests)
+            for reason in sorted(set(FAILURE_REASONS) | set(bank.failures)):
+                failures.add_metric([bank.name, reason], bank.failures.get(reason, 0))
+        build = GaugeMetricFamily(
+            "pylontech_exporter_build_info",
+            "Version of pylontech-exporter and of Python it runs on; always 1",
+            labels=["version", "python_version"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1.0)
+        return [up, module_up, duration, requests, failures, build]
+
+
+class ReadingsCollector(_Part):
+    """Analog values (command 0x42) of every module read in this scrape::
+
+    pylontech_cell_voltage_volts{bank="0",cell="1",module="1"} 3.312
+    pylontech_module_voltage_volts{bank="0",module="1"} 49.68
+    pylontech_module_current_amperes{bank="0",module="1"} -5.2
+    pylontech_module_power_watts{bank="0",module="1"} -258.336
+    pylontech_module_temperature_celsius{bank="0",module="1",sensor="bms"} 21.5
+    pylontech_module_remaining_capacity_ampere_hours{bank="0",module="1"} 61.2
+    pylontech_module_full_capacity_ampere_hours{bank="0",module="1"} 74.0
+    pylontech_module_state_of_charge_ratio{bank="0",module="1"} 0.827
+    pylontech_module_cycles_total{bank="0",module="1"} 118.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        h = self.reading_help
+        bm = ["bank", "module"]
+        cell = GaugeMetricFamily(
+            "pylontech_cell_voltage_volts", h("Cell voltage"), labels=[*bm, "cell"]
+        )
+        voltage = GaugeMetricFamily(
+            "pylontech_module_voltage_volts", h("Module voltage"), labels=bm
+        )
+        current = GaugeMetricFamily(
+            "pylontech_module_current_amperes",
+            h("Module current, positive while charging"),
+            labels=bm,
+        )
+        power = GaugeMetricFamily(
+            "pylontech_module_power_watts",
+            h("Module voltage times current, positive while charging"),
+            labels=bm,
+        )
+        temperature = GaugeMetricFamily(
+            "pylontech_module_temperature_celsius",
+            h("Module temperatures: bms board, cells_1..cells_4 groups, mosfet, t7.."),
+            labels=[*bm, "sensor"],
+        )
+        remaining = GaugeMetricFamily(
+            "pylontech_module_remaining_capacity_ampere_hours", h("Remaining capacity"), labels=bm
+        )
+        full = GaugeMetricFamily(
+            "pylontech_module_full_capacity_ampere_hours", h("Full capacity"), labels=bm
+        )
+        soc = GaugeMetricFamily(
+            "pylontech_module_state_of_charge_ratio",
+            h("Remaining over full capacity, 0..1"),
+            labels=bm,
+        )
+        cycles = CounterMetricFamily(
+            "pylontech_module_cycles", h("Charge cycles reported by the BMS"), labels=bm
+        )
+        for bank, module in _up_modules(snapshot):
+            v = module.values
+            assert v is not None
+            labels = _labels(bank, module)
+            for index, mv in enumerate(v.cell_voltages, start=1):
+                cell.add_metric([*labels, str(index)], mv)
+            voltage.add_metric(labels, v.voltage)
+            current.add_metric(labels, v.current)
+            power.add_metric(labels, v.power)
+            for index, celsius in enumerate(v.temperatures):
+                temperature.add_metric([*labels, sensor_name(index)], celsius)
+            remaining.add_metric(labels, v.remaining_capacity)
+            full.add_metric(labels, v.total_capacity)
+            if v.total_capacity:
+                soc.add_metric(labels, v.state_of_charge)
+            cycles.add_metric(labels, v.cycle_number)
+        return [cell, voltage, current, power, temperature, remaining, full, soc, cycles]
+
+
+def _state_set(family: GaugeMetricFamily, labels: list[str], state: AlarmState) -> None:
+    for value, name in STATES.items():
+        family.add_metric([*labels, name], 1.0 if state == value else 0.0)
+
+
+class AlarmsCollector(_Part):
+    """Alarm info (command 0x44): state sets and flags, always 0 or 1::
+
+    pylontech_cell_voltage_state{bank="0",cell="1",module="1",state="normal"} 1.0
+    pylontech_cell_voltage_state{bank="0",cell="1",module="1",state="low"} 0.0
+    pylontech_module_temperature_state{bank="0",module="1",sensor="bms",state="high"} 0.0
+    pylontech_module_measurement_state{bank="0",measurement="charge_current",module="1",
+                                       state="normal"} 1.0
+    pylontech_module_protection_active{bank="0",module="1",protection="cell_under_voltage"} 0.0
+    pylontech_module_status_flag{bank="0",flag="charge_mosfet_on",module="1"} 1.0
+    pylontech_cell_voltage_error{bank="0",cell="1",module="1"} 0.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        h = self.reading_help
+        bm = ["bank", "module"]
+        cell_state = GaugeMetricFamily(
+            "pylontech_cell_voltage_state",
+            h("Cell voltage state set: 1 for the current state (normal, low, high, fault)"),
+            labels=[*bm, "cell", "state"],
+        )
+        temperature_state = GaugeMetricFamily(
+            "pylontech_module_temperature_state",
+            h("Temperature state set: 1 for the current state (normal, low, high, fault)"),
+            labels=[*bm, "sensor", "state"],
+        )
+        measurement_state = GaugeMetricFamily(
+            "pylontech_module_measurement_state",
+            h("Charge current, module voltage and discharge current state set"),
+            labels=[*bm, "measurement", "state"],
+        )
+        protection = GaugeMetricFamily(
+            "pylontech_module_protection_active",
+            h("1 when the BMS protection is active (Status1)"),
+            labels=[*bm, "protection"],
+        )
+        flag = GaugeMetricFamily(
+            "pylontech_module_status_flag",
+            h("MOSFET and operating state flags (Status2/3)"),
+            labels=[*bm, "flag"],
+        )
+        cell_error = GaugeMetricFamily(
+            "pylontech_cell_voltage_error",
+            h("1 when the BMS flags the cell voltage as an error, > 4.2 V or < 1 V (Status4/5)"),
+            labels=[*bm, "cell"],
+        )
+        for bank, module in _up_modules(snapshot):
+            alarms: ModuleAlarms | None = module.alarms
+            if alarms is None:
+                continue
+            labels = _labels(bank, module)
+            for index, state in enumerate(alarms.cell_states, start=1):
+                _state_set(cell_state, [*labels, str(index)], state)
+            for index, state in enumerate(alarms.temperature_states):
+                _state_set(temperature_state, [*labels, sensor_name(index)], state)
+            for name, state in (
+                ("charge_current", alarms.charge_current_state),
+                ("module_voltage", alarms.voltage_state),
+                ("discharge_current", alarms.discharge_current_state),
+            ):
+                _state_set(measurement_state, [*labels, name], state)
+            for name in PROTECTIONS:
+                protection.add_metric([*labels, name], float(getattr(alarms.protections, name)))
+            for name in STATUS_FLAGS:
+                flag.add_metric([*labels, name], float(getattr(alarms.status, name)))
+            for index, error in enumerate(alarms.cell_voltage_errors, start=1):
+                cell_error.add_metric([*labels, str(index)], float(error))
+        return [cell_state, temperature_state, measurement_state, protection, flag, cell_error]
+
+
+class ManagementCollector(_Part):
+    """Charge/discharge management info (command 0x92)::
+
+    pylontech_module_charge_voltage_limit_volts{bank="0",module="1"} 53.2
+    pylontech_module_discharge_voltage_limit_volts{bank="0",module="1"} 44.5
+    pylontech_module_charge_current_limit_amperes{bank="0",module="1"} 37.0
+    pylontech_module_discharge_current_limit_amperes{bank="0",module="1"} -37.0
+    pylontech_module_charge_enabled{bank="0",module="1"} 1.0
+    pylontech_module_discharge_enabled{bank="0",module="1"} 1.0
+    pylontech_module_charge_request{bank="0",module="1",request="full_charge"} 0.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        h = self.reading_help
+        bm = ["bank", "module"]
+        charge_v = GaugeMetricFamily(
+            "pylontech_module_charge_voltage_limit_volts",
+            h("Charge voltage the BMS asks for"),
+            labels=bm,
+        )
+        discharge_v = GaugeMetricFamily(
+            "pylontech_module_discharge_voltage_limit_volts",
+            h("Lowest discharge voltage the BMS allows"),
+            labels=bm,
+        )
+        charge_a = GaugeMetricFamily(
+            "pylontech_module_charge_current_limit_amperes",
+            h("Largest charge current the BMS allows"),
+            labels=bm,
+        )
+        discharge_a = GaugeMetricFamily(
+            "pylontech_module_discharge_current_limit_amperes",
+            h("Largest discharge current the BMS allows, signed as reported"),
+            labels=bm,
+        )
+        charge_on = GaugeMetricFamily(
+            "pylontech_module_charge_enabled", h("1 when charging is allowed"), labels=bm
+        )
+        discharge_on = GaugeMetricFamily(
+            "pylontech_module_discharge_enabled", h("1 when discharging is allowed"), labels=bm
+        )
+        request = GaugeMetricFamily(
+            "pylontech_module_charge_request",
+            h("1 when the BMS requests charging (charge_immediately_1/2, full_charge)"),
+            labels=[*bm, "request"],
+        )
+        for bank, module in _up_modules(snapshot):
+            info = module.management
+            if info is None:
+                continue
+            labels = _labels(bank, module)
+            charge_v.add_metric(labels, info.charge_voltage_limit)
+            discharge_v.add_metric(labels, info.discharge_voltage_limit)
+            charge_a.add_metric(labels, info.charge_current_limit)
+            discharge_a.add_metric(labels, info.discharge_current_limit)
+            charge_on.add_metric(labels, float(info.charge_enable))
+            discharge_on.add_metric(labels, float(info.discharge_enable))
+            for name, attribute in CHARGE_REQUESTS.items():
+                request.add_metric([*labels, name], float(getattr(info, attribute)))
+        return [charge_v, discharge_v, charge_a, discharge_a, charge_on, discharge_on, request]
+
+
+class ThresholdsCollector(_Part):
+    """Protection thresholds (command 0x47, read at discovery and hourly)::
+
+    pylontech_module_cell_voltage_threshold_volts{bank="0",module="1",threshold="high"} 3.7
+    pylontech_module_voltage_threshold_volts{bank="0",module="1",threshold="under"} 43.5
+    pylontech_module_temperature_threshold_celsius{bank="0",mode="charge",module="1",
+                                                   threshold="low"} 0.0
+    pylontech_module_current_threshold_amperes{bank="0",mode="discharge",module="1"} -37.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        bm = ["bank", "module"]
+        hourly = " (read at discovery and hourly)"
+        cell = GaugeMetricFamily(
+            "pylontech_module_cell_voltage_threshold_volts",
+            "Cell voltage thresholds: high and low alarm, under protection" + hourly,
+            labels=[*bm, "threshold"],
+        )
+        module_v = GaugeMetricFamily(
+            "pylontech_module_voltage_threshold_volts",
+            "Module voltage thresholds: high and low alarm, under protection" + hourly,
+            labels=[*bm, "threshold"],
+        )
+        temperature = GaugeMetricFamily(
+            "pylontech_module_temperature_threshold_celsius",
+            "Temperature thresholds for charging and discharging" + hourly,
+            labels=[*bm, "mode", "threshold"],
+        )
+        current = GaugeMetricFamily(
+            "pylontech_module_current_threshold_amperes",
+            "Current limits for charging and discharging" + hourly,
+            labels=[*bm, "mode"],
+        )
+        for bank, module in _up_modules(snapshot):
+            p = module.parameters
+            if p is None:
+                continue
+            labels = _labels(bank, module)
+            cell.add_metric([*labels, "high"], p.cell_high_voltage_limit)
+            cell.add_metric([*labels, "low"], p.cell_low_voltage_limit)
+            cell.add_metric([*labels, "under"], p.cell_under_voltage_limit)
+            module_v.add_metric([*labels, "high"], p.module_high_voltage_limit)
+            module_v.add_metric([*labels, "low"], p.module_low_voltage_limit)
+            module_v.add_metric([*labels, "under"], p.module_under_voltage_limit)
+            temperature.add_metric([*labels, "charge", "high"], p.charge_high_temperature_limit)
+            temperature.add_metric([*labels, "charge", "low"], p.charge_low_temperature_limit)
+            temperature.add_metric(
+                [*labels, "discharge", "high"], p.discharge_high_temperature_limit
+            )
+            temperature.add_metric([*labels, "discharge", "low"], p.discharge_low_temperature_limit)
+            current.add_metric([*labels, "charge"], p.charge_current_limit)
+            current.add_metric([*labels, "discharge"], p.discharge_current_limit)
+        return [cell, module_v, temperature, current]
+
+
+class InfoCollector(_Part):
+    """Identity of modules and banks (0x93, 0x96, 0x51, 0x4F; read at discovery and hourly)::
+
+    pylontech_module_info{bank="0",module="1",serial_number="PPTCH01234567890",
+                          software_version="2.7.4"} 1.0
+    pylontech_bank_info{bank="0",device_name="US3000C",manufacturer="PYLON",
+                        protocol_version="2.0",software_version="1.4"} 1.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        module_info = GaugeMetricFamily(
+            "pylontech_module_info",
+            "Serial number and software version of the module; always 1",
+            labels=["bank", "module", "serial_number", "software_version"],
+        )
+        bank_info = GaugeMetricFamily(
+            "pylontech_bank_info",
+            "Device name, manufacturer, software and protocol version of the bank; always 1",
+            labels=["bank", "device_name", "manufacturer", "software_version", "protocol_version"],
+        )
+        for bank, module in _up_modules(snapshot):
+            if module.serial_number is not None:
+                module_info.add_metric(
+                    [*_labels(bank, module), module.serial_number, module.software_version or ""],
+                    1.0,
+                )
+        for bank in snapshot.banks:
+            maker = bank.manufacturer
+            if bank.up and maker is not None:
+                bank_info.add_metric(
+                    [
+                        bank.name,
+                        maker.device_name,
+                        maker.manufacturer_name,
+                        maker.software_version,
+                        str(bank.protocol_version) if bank.protocol_version else "",
+                    ],
+                    1.0,
+                )
+        return [module_info, bank_info]
+
+
+class PylontechCollector(Collector):
+    """Every family of docs/metrics.md, from a snapshot fetched at each scrape.
+
+    ``get_snapshot(deadline)`` is the snapshot cache; the deadline comes from
+    :data:`scrape_deadline` (set by the HTTP handler from Prometheus' scrape-timeout
+    header) or defaults to :data:`DEFAULT_SCRAPE_TIMEOUT` from now.
+    """
+
+    def __init__(self, get_snapshot: Callable[[float], Snapshot], ttl: float) -> None:
+        self._get_snapshot = get_snapshot
+        self.parts: list[_Part] = [
+            HealthCollector(ttl),
+            ReadingsCollector(ttl),
+            AlarmsCollector(ttl),
+            ManagementCollector(ttl),
+            ThresholdsCollector(ttl),
+            InfoCollector(ttl),
+        ]
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples: registering never touches the bus."""
+        empty = Snapshot(banks=[])
+        for part in self.parts:
+            yield from part.families(empty)
+
+    def collect(self) -> Iterable[Metric]:
+        deadline = scrape_deadline.get()
+        if deadline is None:
+            deadline = time.monotonic() + DEFAULT_SCRAPE_TIMEOUT
+        snapshot = self._get_snapshot(deadline)
+        for part in self.parts:
+            yield from part.families(snapshot)

@@ -1,0 +1,333 @@
+"""Exporter configuration: banks to read, and the checks that turn bad input into one
+line that says what to fix.
+
+A *bank* is one group of modules (one master and its slaves) on one serial port. Several
+banks may share a port (groups 1..7 behind an LV hub); they then share one client, so
+their serial settings must agree.
+
+YAML schema (``--config.file``)::
+
+    banks:
+      - name: garage          # label value of `bank`; default: the group number
+        port: /dev/ttyUSB0    # device path or pyserial URL (socket://host:port, rfc2217://...)
+        group: 0              # 0..7, DIP switches 2-4 of the master; default 0
+        baudrate: 115200      # default: --serial.baudrate
+        timeout: 1.0          # seconds to wait for a response; default: --serial.timeout
+        command_gap: 0.0      # pause between requests; default: --serial.command-gap
+        modules: 3            # fixed module count: skips discovery; default: discover
+        bank_query: auto      # auto | on | off: bank-wide (FF) reads of 0x42/0x44
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .models import MAX_MODULES_PER_GROUP
+
+DEFAULT_BAUDRATE = 115200
+DEFAULT_TIMEOUT = 1.0
+DEFAULT_COMMAND_GAP = 0.0
+BANK_QUERY_MODES = ("auto", "on", "off")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work. ``str()`` is one line that says what to fix."""
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """How to talk to one port. Banks on the same port share these."""
+
+    port: str
+    baudrate: int = DEFAULT_BAUDRATE
+    timeout: float = DEFAULT_TIMEOUT
+    command_gap: float = DEFAULT_COMMAND_GAP
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """One group of modules on one port."""
+
+    name: str
+    serial: SerialSettings
+    group: int = 0
+    #: Fixed module count; ``None`` means discover.
+    modules: int | None = None
+    #: ``auto``: use the bank-wide query while the firmware answers it; ``on``: only
+    #: bank-wide; ``off``: only per-module.
+    bank_query: str = "auto"
+
+    @property
+    def port(self) -> str:
+        return self.serial.port
+
+
+@dataclass
+class Config:
+    """Everything the exporter needs besides its web settings."""
+
+    banks: list[BankConfig] = field(default_factory=list)
+    #: Where the banks came from, for messages: a file name or "command line".
+    source: str = "command line"
+
+
+# --- value checks --------------------------------------------------------------------------
+
+
+def check_group(value: Any, where: str = "group") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 7:
+        raise ConfigError(
+            f"{where}: must be an integer 0..7 (DIP switches 2-4 of the master), got {value!r}"
+        )
+    return value
+
+
+def check_baudrate(value: Any, where: str = "baudrate") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(
+            f"{where}: must be a positive integer such as 115200 (DIP switch 1 off) "
+            f"or 9600 (on), got {value!r}"
+        )
+    return value
+
+
+def check_seconds(value: Any, where: str, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        limit = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{where}: must be {limit} seconds, got {value!r}")
+    return float(value)
+
+
+def check_port(value: Any, where: str = "port") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"{where}: must be a device path or pyserial URL such as /dev/ttyUSB0 "
+            f"or socket://10.0.0.7:8899, got {value!r}"
+        )
+    return value.strip()
+
+
+def _check_modules(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_MODULES_PER_GROUP
+    ):
+        raise ConfigError(
+            f"{where}: must be an integer 1..{MAX_MODULES_PER_GROUP} or left out "
+            f"to discover the modules, got {value!r}"
+        )
+    return value
+
+
+def _check_bank_query(value: Any, where: str) -> str:
+    # YAML 1.1 reads bare on/off as booleans.
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if value not in BANK_QUERY_MODES:
+        raise ConfigError(f"{where}: must be one of auto, on, off, got {value!r}")
+    return str(value)
+
+
+def _check_name(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+    return str(value).strip()
+
+
+# --- building a Config ---------------------------------------------------------------------
+
+_BANK_KEYS = (
+    "name",
+    "port",
+    "group",
+    "baudrate",
+    "timeout",
+    "command_gap",
+    "modules",
+    "bank_query",
+)
+
+
+def check_banks(banks: list[BankConfig], source: str) -> list[BankConfig]:
+    """Rules that span banks: unique names, unique (port, group), one set of serial
+    settings per port."""
+    if not banks:
+        raise ConfigError(f"{source}: no banks configured; add at least one under `banks:`")
+    names: set[str] = set()
+    seen: set[tuple[str, int]] = set()
+    per_port: dict[str, SerialSettings] = {}
+    for bank in banks:
+        if bank.name in names:
+            raise ConfigError(f"{source}: bank name {bank.name!r} is used twice; names must differ")
+        names.add(bank.name)
+        if (bank.port, bank.group) in seen:
+            raise ConfigError(
+                f"{source}: port {bank.port} group {bank.group} is configured twice; "
+                "each group of a port is one bank"
+            )
+        seen.add((bank.port, bank.group))
+        other = per_port.setdefault(bank.port, bank.serial)
+        if other != bank.serial:
+            raise ConfigError(
+                f"{source}: banks on port {bank.port} disagree on baudrate/timeout/command_gap; "
+                "banks sharing a port share one connection, give them the same settings"
+            )
+    return banks
+
+
+def banks_from_flags(
+    port: str,
+    groups: list[int],
+    *,
+    baudrate: int = DEFAULT_BAUDRATE,
+    timeout: float = DEFAULT_TIMEOUT,
+    command_gap: float = DEFAULT_COMMAND_GAP,
+) -> Config:
+    """The banks ``--serial.port`` and ``--group`` describe: one per group, named by it."""
+    serial = SerialSettings(
+        port=check_port(port, "--serial.port"),
+        baudrate=check_baudrate(baudrate, "--serial.baudrate"),
+        timeout=check_seconds(timeout, "--serial.timeout", allow_zero=False),
+        command_gap=check_seconds(command_gap, "--serial.command-gap", allow_zero=True),
+    )
+    banks = [
+        BankConfig(name=str(g), serial=serial, group=check_group(g, "--group"))
+        for g in dict.fromkeys(groups)
+    ]
+    return Config(banks=check_banks(banks, "command line"))
+
+
+def load_config(
+    path: str,
+    *,
+    baudrate: int = DEFAULT_BAUDRATE,
+    timeout: float = DEFAULT_TIMEOUT,
+    command_gap: float = DEFAULT_COMMAND_GAP,
+) -> Config:
+    """Read and check a YAML config file. The keyword arguments are the defaults for
+    banks that leave the setting out (the values of the ``--serial.*`` flags)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = yaml.safe_load(stream)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    return parse_config(document, path, baudrate=baudrate, timeout=timeout, command_gap=command_gap)
+
+
+def parse_config(
+    document: Any,
+    source: str,
+    *,
+    baudrate: int = DEFAULT_BAUDRATE,
+    timeout: float = DEFAULT_TIMEOUT,
+    command_gap: float = DEFAULT_COMMAND_GAP,
+) -> Config:
+    """Check a parsed YAML document (see the module docstring for the schema)."""
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping with a `banks:` list at the top")
+    unknown = sorted(str(k) for k in document if k != "banks")
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}; the only top-level key is banks")
+    entries = document.get("banks")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: `banks:` must be a non-empty list of banks")
+    banks = []
+    for index, entry in enumerate(entries):
+        where = f"{source}: banks[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a mapping with at least `port:`")
+        for key in entry:
+            if key not in _BANK_KEYS:
+                raise ConfigError(
+                    f"{where}: unknown key {key!r}; allowed keys are {', '.join(_BANK_KEYS)}"
+                )
+        if "port" not in entry:
+            raise ConfigError(f"{where}: `port:` is missing (device path or pyserial URL)")
+        group = check_group(entry.get("group", 0), f"{where}.group")
+        serial = SerialSettings(
+            port=check_port(entry["port"], f"{where}.port"),
+            baudrate=check_baudrate(entry.get("baudrate", baudrate), f"{where}.baudrate"),
+            timeout=check_seconds(
+                entry.get("timeout", timeout), f"{where}.timeout", allow_zero=False
+            ),
+            command_gap=check_seconds(
+                entry.get("command_gap", command_gap), f"{where}.command_gap", allow_zero=True
+            ),
+        )
+        banks.append(
+            BankConfig(
+                name=_check_name(entry.get("name", str(group)), f"{where}.name"),
+                serial=serial,
+                group=group,
+                modules=_check_modules(entry.get("modules"), f"{where}.modules"),
+                bank_query=_check_bank_query(
+                    entry.get("bank_query", "auto"), f"{where}.bank_query"
+                ),
+            )
+        )
+    return Config(banks=check_banks(banks, source), source=source)
+
+
+# --- can the ports be opened? --------------------------------------------------------------
+
+
+def is_device_path(port: str) -> bool:
+    """True for a local device (``/dev/ttyUSB0``, ``COM3``), False for a pyserial URL."""
+    return "://" not in port
+
+
+def check_port_available(port: str) -> None:
+    """Open and close a local serial device to find a missing device or one that another
+    program holds, before the exporter starts. URLs (TCP gateways) are not checked: a
+    gateway that is down now may be up at the next scrape."""
+    if not is_device_path(port):
+        return
+    import serial  # pyserial
+
+    if os.name == "posix":
+        try:
+            mode = os.stat(port).st_mode
+        except FileNotFoundError:
+            raise ConfigError(
+                f"serial port {port} does not exist: check the cable/adapter "
+                "and the --serial.port or `port:` setting"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"serial port {port}: {error.strerror}") from None
+        if not stat.S_ISCHR(mode):
+            raise ConfigError(f"serial port {port} is not a character device (a serial port)")
+    try:
+        handle = serial.Serial(port, exclusive=True) if os.name == "posix" else serial.Serial(port)
+    except serial.SerialException as error:
+        cause = error.__cause__ or error.__context__
+        code = getattr(error, "errno", None) or getattr(cause, "errno", None)
+        text = str(error)
+        if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in text.lower():
+            raise ConfigError(
+                f"serial port {port} is in use by another program; stop it "
+                "(another exporter, ModemManager, a console) or use another port"
+            ) from None
+        if code in (errno.EACCES, errno.EPERM):
+            raise ConfigError(
+                f"serial port {port}: permission denied; add the user to the dialout group"
+            ) from None
+        raise ConfigError(f"serial port {port} cannot be opened: {text}") from None
+    handle.close()

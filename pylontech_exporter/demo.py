@@ -1,0 +1,55 @@
+"""``--simulate``: the exporter against the built-in virtual stack, in-process.
+
+The stack (US3000C-like modules, values moving with the wall clock) is served on a TCP
+port on 127.0.0.1 chosen by the OS, and the exporter reads it through the ordinary
+client over ``socket://``, so everything but the cable is the real code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from .config import BankConfig, Config, SerialSettings
+from .logging_setup import kv
+
+log = logging.getLogger(__name__)
+
+SIMULATED_MODEL = "US3000C"
+#: Time to the first byte of an answer, as on real modules.
+SIMULATED_LATENCY = 0.07
+
+
+@contextlib.contextmanager
+def simulated_config(
+    groups: list[int] | None = None,
+    modules: int = 3,
+    *,
+    timeout: float = 1.0,
+    latency: float = SIMULATED_LATENCY,
+) -> Iterator[Config]:
+    """Start a virtual stack of ``modules`` modules in each of ``groups`` (default
+    ``[0]``) and yield a config whose banks read it; stop it on exit."""
+    from .simulator import BatteryStack
+    from .simulator.serve import serve_tcp
+
+    groups = groups or [0]
+    stack = BatteryStack(modules=modules, groups=groups, model=SIMULATED_MODEL)
+    stack.follow_clock()
+    server = serve_tcp(stack, "127.0.0.1", 0, latency=latency)
+    try:
+        serial = SerialSettings(port=server.url, timeout=timeout)
+        banks = [BankConfig(name=str(g), serial=serial, group=g) for g in groups]
+        log.info(
+            "simulating a battery stack",
+            extra=kv(
+                url=server.url,
+                groups=",".join(map(str, groups)),
+                modules=modules,
+                model=SIMULATED_MODEL,
+            ),
+        )
+        yield Config(banks=banks, source="--simulate")
+    finally:
+        server.stop()

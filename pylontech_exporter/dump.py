@@ -1,0 +1,126 @@
+"""``pylontech-exporter dump``: one snapshot as a readable table or as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from typing import Any
+
+from .collector import sensor_name
+from .poller import ModuleReading, Snapshot
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(snapshot: Snapshot) -> dict[str, Any]:
+    """The snapshot as plain JSON-able data; bank and module ``up`` added."""
+    banks = []
+    for bank in snapshot.banks:
+        data = _plain(bank)
+        data["up"] = bank.up
+        data["protocol_version"] = str(bank.protocol_version) if bank.protocol_version else None
+        for module, entry in zip(bank.modules, data["modules"]):
+            entry["up"] = module.up
+            if module.values is not None:
+                entry["values"]["power"] = module.values.power
+                entry["values"]["state_of_charge"] = module.values.state_of_charge
+                entry["values"]["temperature_sensors"] = [
+                    sensor_name(i) for i in range(len(module.values.temperatures))
+                ]
+        banks.append(data)
+    return {"taken_at": snapshot.taken_at, "duration": snapshot.duration, "banks": banks}
+
+
+def render_json(snapshot: Snapshot) -> str:
+    return json.dumps(to_dict(snapshot), indent=2, sort_keys=False)
+
+
+def _alarms(module: ModuleReading) -> str:
+    alarms = module.alarms
+    if alarms is None:
+        return "not read"
+    active = alarms.protections.active()
+    active += [f"cell{i}:{s.name.lower()}" for i, s in enumerate(alarms.cell_states, 1) if s]
+    active += [
+        f"{sensor_name(i)}:{s.name.lower()}" for i, s in enumerate(alarms.temperature_states) if s
+    ]
+    return ",".join(active) or "none"
+
+
+def render_table(snapshot: Snapshot) -> str:
+    header = (
+        "module",
+        "addr",
+        "serial",
+        "SoC",
+        "voltage",
+        "current",
+        "power",
+        "cell min",
+        "cell max",
+        "temp max",
+        "cycles",
+        "alarms",
+    )
+    lines = []
+    for bank in snapshot.banks:
+        state = "up" if bank.up else f"DOWN ({bank.error})"
+        maker = bank.manufacturer
+        ident = f", {maker.device_name} {maker.software_version}" if maker else ""
+        lines.append(
+            f"bank {bank.name} (group {bank.group}, {bank.port}{ident}): {state}, "
+            f"read in {bank.duration:.2f} s"
+        )
+        rows = [header]
+        for m in bank.modules:
+            v = m.values
+            if v is None:
+                rows.append(
+                    (
+                        str(m.position),
+                        f"0x{m.address:02X}",
+                        m.serial_number or "-",
+                        "not answering",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                    )
+                )
+                continue
+            rows.append(
+                (
+                    str(m.position),
+                    f"0x{m.address:02X}",
+                    m.serial_number or "-",
+                    f"{v.state_of_charge * 100:.1f}%",
+                    f"{v.voltage:.3f} V",
+                    f"{v.current:.1f} A",
+                    f"{v.power:.0f} W",
+                    f"{min(v.cell_voltages):.3f} V" if v.cell_voltages else "-",
+                    f"{max(v.cell_voltages):.3f} V" if v.cell_voltages else "-",
+                    f"{max(v.temperatures):.1f} C" if v.temperatures else "-",
+                    str(v.cycle_number),
+                    _alarms(m),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        for row in rows:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
