@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import re
 from dataclasses import dataclass
 
 from ..errors import ChecksumError, FrameError, WriteCommandRefused
@@ -20,6 +21,7 @@ CID1_BATTERY = 0x46
 #: Version byte this package puts in its requests (the value real batteries echo).
 PROTOCOL_VERSION = 0x20
 MAX_LENID = 0xFFF
+_HEX_ASCII = re.compile(rb"[0-9A-Fa-f]*")
 #: SOI + VER ADR CID1 CID2 LENGTH (12 chars) + CHKSUM (4) + EOI.
 MIN_FRAME_LENGTH = 18
 
@@ -128,7 +130,7 @@ def decode_frame(raw: bytes) -> Frame:
     if raw[0] != SOI or raw[-1] != EOI:
         raise FrameError(f"frame must start with '~' and end with CR: {raw[:40]!r}")
     body = raw[1:-5]
-    if not all(0x30 <= c <= 0x39 or 0x41 <= c <= 0x46 or 0x61 <= c <= 0x66 for c in raw[1:-1]):
+    if not _HEX_ASCII.fullmatch(raw, 1, len(raw) - 1):
         raise FrameError(f"non hex-ASCII characters in frame: {raw[:40]!r}")
     expected = frame_checksum(body)
     received = _hex_field(raw, len(raw) - 5, 4)
