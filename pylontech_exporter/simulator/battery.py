@@ -70,7 +70,7 @@ CHARGE_IMMEDIATELY_2_SOC = 0.13
 FULL_SOC = 0.97
 FULL_CHARGE_REQUEST_AFTER = 30 * 86400.0
 #: Longest physics step; longer advances are split so the dynamics stay stable.
-MAX_STEP = 10.0
+MAX_STEP = 60.0
 
 
 def ocv(soc: float) -> float:
@@ -169,6 +169,9 @@ class VirtualModule:
         self.cycle_number = rng.randint(5, 120)
         self.ambient = ambient
         self.buzzer_on = False
+        #: A protection tripped during simulated time and has not cleared yet.
+        self.charge_latched = False
+        self.discharge_latched = False
         #: Seconds since the state of charge last reached FULL_SOC (drives 0x92 bit 3).
         self.seconds_since_full = rng.uniform(0, 10 * 86400)
         #: Discharged Ah not yet counted as a cycle.
@@ -228,7 +231,14 @@ class VirtualModule:
         return tuple(not CELL_ERROR_LOW <= v <= CELL_ERROR_HIGH for v in self.cell_voltages)
 
     def charge_blocked(self) -> bool:
-        """The BMS has opened the charge MOSFET."""
+        """The BMS has opened the charge MOSFET (a fault now, or one not yet cleared)."""
+        return self.charge_latched or self._charge_fault()
+
+    def discharge_blocked(self) -> bool:
+        """The BMS has opened the discharge MOSFET (a fault now, or one not yet cleared)."""
+        return self.discharge_latched or self._discharge_fault()
+
+    def _charge_fault(self) -> bool:
         p = self.model.parameters
         pr = self.protections()
         return (
@@ -240,8 +250,7 @@ class VirtualModule:
             or any(self.cell_errors())
         )
 
-    def discharge_blocked(self) -> bool:
-        """The BMS has opened the discharge MOSFET."""
+    def _discharge_fault(self) -> bool:
         p = self.model.parameters
         pr = self.protections()
         return (
@@ -369,6 +378,15 @@ class VirtualModule:
         self.cell_offsets = [off + rng.gauss(0.0, spread) for off in self.cell_offsets]
         self.cell_voltages = self._cell_voltages()
         self._heat(dt)
+        # Protections latch like a real BMS: a tripped MOSFET closes again only once the
+        # cells are back well inside the limits, not at the first millivolt.
+        p = self.model.parameters
+        self.charge_latched = self._charge_fault() or (
+            self.charge_latched and max(self.cell_voltages) > p.cell_high_voltage_limit - 0.1
+        )
+        self.discharge_latched = self._discharge_fault() or (
+            self.discharge_latched and min(self.cell_voltages) < p.cell_low_voltage_limit
+        )
 
     def _heat(self, dt: float) -> None:
         rise = self.HEATING_PER_C * abs(self.current) / self.model.capacity
