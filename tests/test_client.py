@@ -1,0 +1,176 @@
+"""The library API against the virtual stack over a real pseudo-terminal and TCP."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pylontech_exporter import (
+    ProtocolVersion,
+    Pylontech,
+    ResponseError,
+    ResponseTimeout,
+)
+from pylontech_exporter.simulator import BatteryStack
+from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
+
+
+@pytest.fixture(params=["pty", "tcp"])
+def bus(request, stack, tmp_path):
+    """A client on ``stack``, once over a pty and once over TCP."""
+    stack.freeze()
+    if request.param == "pty":
+        server = PtySimulator(stack, tmp_path / "battery", latency=0)
+        port = lambda: str(server.link)  # noqa: E731
+    else:
+        server = TcpSimulator(stack, latency=0)
+        port = lambda: server.url  # noqa: E731
+    with server, Pylontech(port(), timeout=0.3) as client:
+        yield client
+
+
+def test_every_read_command_returns_what_the_stack_holds(bus, stack):
+    for module in stack.modules:
+        address = module.address
+        assert bus.get_values_single(address) == module.values()
+        assert bus.get_alarm_info(address) == module.alarms()
+        assert bus.get_management_info(address) == module.management()
+        assert bus.get_module_serial_number(address) == module.serial()
+        assert bus.get_software_version(address) == module.software()
+        assert bus.get_system_parameters(address) == module.model.parameters
+    # 0x51 answers with the master's data at every address.
+    assert bus.get_manufacturer_info(0x03) == stack.master(0).manufacturer()
+    assert bus.get_manufacturer_info(0x03).device_name == "US3000C"
+    assert bus.get_protocol_version(0x02) == ProtocolVersion(2, 0)
+
+
+def test_values_have_sensible_units(bus, stack):
+    values = bus.get_values_single(0x02)
+    assert 40.0 < values.voltage < 58.0
+    assert values.voltage == pytest.approx(sum(values.cell_voltages), abs=0.02)
+    assert values.total_capacity == pytest.approx(74.0)
+    assert 0.0 <= values.state_of_charge <= 1.0
+    assert values.power == pytest.approx(values.voltage * values.current)
+
+
+def test_group_values_bank_wide(bus, stack):
+    group = bus.get_values(0)
+    assert [m.address for m in group.modules] == [0x02, 0x03, 0x04]
+    assert list(group.modules) == [m.values() for m in stack.modules]
+    assert group.total_power == pytest.approx(sum(m.power for m in group.modules))
+    remaining = sum(m.remaining_capacity for m in group.modules)
+    assert group.state_of_charge == pytest.approx(remaining / (3 * 74.0))
+    assert bus.stats.requests == 1  # one bank-wide query
+    assert bus.get_alarm_info_bank(0) == [m.alarms() for m in stack.modules]
+
+
+def test_second_group_on_a_shared_bus(tmp_path):
+    stack = BatteryStack(modules=2, groups=[0, 2], seed=3)
+    stack.freeze()
+    with TcpSimulator(stack, latency=0) as server, Pylontech(server.url, timeout=0.3) as bus:
+        assert [m.address for m in bus.get_values(2).modules] == [0x22, 0x23]
+        assert bus.get_values(2).modules[1] == stack.module(0x23).values()
+        assert bus.discover(2) == [0x22, 0x23]
+        assert [m.address for m in bus.get_values(0).modules] == [0x02, 0x03]
+
+
+def test_firmware_ignoring_the_bank_query_falls_back_to_module_reads():
+    stack = BatteryStack(modules=3, seed=5, bank_query_supported=False)
+    stack.freeze()
+    with TcpSimulator(stack, latency=0) as server, Pylontech(server.url, timeout=0.2) as bus:
+        with pytest.raises(Exception) as raised:
+            bus.get_values_bank(0)
+        assert "bank-wide" in str(raised.value)
+        group = bus.get_values(0)
+        assert list(group.modules) == [m.values() for m in stack.modules]
+        before = bus.stats.requests
+        bus.get_values(0)  # remembered: no second bank-wide attempt
+        assert bus.stats.requests - before == 3
+
+
+def test_silent_address_times_out_after_retries(bus):
+    started = time.monotonic()
+    with pytest.raises(ResponseTimeout):
+        bus.get_values_single(0x09)
+    assert time.monotonic() - started >= 0.6  # first try and one retry
+    assert bus.stats.failures["timeout"] == 2
+
+
+@pytest.mark.parametrize("code", [0x01, 0x04, 0x05, 0x06, 0x90, 0x91])
+def test_return_codes_raise_without_retry(bus, stack, code):
+    stack.faults.add("rtn", code=code, address=0x03)
+    with pytest.raises(ResponseError) as raised:
+        bus.get_management_info(0x03)
+    assert raised.value.code == code
+    assert f"(0x{code:02X})" in str(raised.value)
+    assert bus.stats.requests == 1
+    assert bus.stats.failures["return_code"] == 1
+
+
+def test_a_garbled_answer_is_retried(bus, stack):
+    stack.faults.add("chksum", count=1)
+    assert bus.get_values_single(0x02) == stack.module(0x02).values()
+    assert bus.stats.requests == 2
+    assert bus.stats.failures["checksum"] == 1
+
+
+def test_junk_and_a_stale_frame_do_not_confuse_the_client(bus, stack):
+    stack.faults.add("junk", size=12)
+    stack.faults.add("nul", size=4)
+    assert bus.get_values_single(0x03) == stack.module(0x03).values()
+    stack.faults.clear()
+    stack.faults.add("stale")  # the previous answer (from 0x03) arrives first
+    assert bus.get_values_single(0x02) == stack.module(0x02).values()
+    assert bus.stats.requests == 2
+    assert not bus.stats.failures
+
+
+def test_scan_reports_progress_for_every_address(bus, stack):
+    seen = []
+    found = bus.scan_for_batteries(2, 8, timeout=0.05, progress=lambda a, s: seen.append((a, s)))
+    serials = {m.address: m.serial_number for m in stack.modules}
+    assert found == serials
+    assert [a for a, _ in seen] == list(range(2, 8))
+    assert dict((a, s) for a, s in seen if s) == serials
+
+
+def test_deadline_stops_requests_without_touching_the_bus(bus):
+    with bus.deadline(time.monotonic() - 1), pytest.raises(ResponseTimeout):
+        bus.get_values_single(0x02)
+    assert bus.stats.requests == 0
+
+
+def test_deadline_caps_the_wait(bus):
+    started = time.monotonic()
+    with bus.deadline(started + 0.1), pytest.raises(ResponseTimeout):
+        bus.get_values_single(0x09)
+    assert time.monotonic() - started < 0.25
+
+
+def test_one_request_in_flight_from_many_threads(bus, stack):
+    errors = []
+
+    def read(address: int) -> None:
+        try:
+            for _ in range(5):
+                assert bus.get_values_single(address) == stack.module(address).values()
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=read, args=(a,)) for a in (2, 3, 4) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert bus.stats.requests == 30
+    assert not bus.stats.failures
+
+
+def test_invalid_client_settings():
+    with pytest.raises(ValueError, match="timeout"):
+        Pylontech("/dev/null", timeout=0)
+    with pytest.raises(ValueError, match="retries"):
+        Pylontech("/dev/null", retries=-1)

@@ -1,0 +1,70 @@
+"""The published python-pylontech library reads the virtual stack and gets what our
+client gets: the simulator is indistinguishable from a real stack to a third-party
+client written against the same spec."""
+
+from __future__ import annotations
+
+import pytest
+
+from pylontech_exporter import Pylontech
+from pylontech_exporter.simulator import BatteryStack
+from pylontech_exporter.simulator.serve import PtySimulator
+
+peer = pytest.importorskip("pylontech")
+
+
+@pytest.fixture
+def link(tmp_path):
+    """A frozen stack of three US3000C on a pty. Both libraries open the device
+    exclusively, so each test reads with ours first, closes, then with theirs."""
+    stack = BatteryStack(modules=3, model="US3000C", seed=11)
+    stack.freeze()
+    with PtySimulator(stack, tmp_path / "battery", latency=0) as server:
+        yield str(server.link)
+
+
+def open_theirs(link: str):
+    theirs = peer.Pylontech(link, 115200)
+    theirs.s.timeout = 0.3  # it reads with readline(), which waits for a LF that never comes
+    return theirs
+
+
+def test_python_pylontech_reads_the_same_values(link):
+    with Pylontech(link) as ours:
+        expected = ours.get_values(0)
+    theirs = open_theirs(link)
+    got = theirs.get_values()
+    theirs.s.close()
+    assert got.NumberOfModules == 3
+    for module, reference in zip(got.Module, expected.modules):
+        assert list(module.CellVoltages) == list(reference.cell_voltages)
+        assert module.AverageBMSTemperature == reference.temperatures[0]
+        assert list(module.GroupedCellsTemperatures) == list(reference.temperatures[1:])
+        assert module.Current == reference.current
+        assert module.Voltage == reference.voltage
+        assert module.RemainingCapacity == reference.remaining_capacity
+        assert module.TotalCapacity == reference.total_capacity
+        assert module.CycleNumber == reference.cycle_number
+    assert got.StateOfCharge == pytest.approx(expected.state_of_charge)
+
+
+def test_python_pylontech_reads_the_same_module_details(link, capsys):
+    with Pylontech(link) as ours:
+        single = ours.get_values_single(0x03)
+        serial = ours.get_module_serial_number(0x03)
+        management = ours.get_management_info(0x02)
+        parameters = ours.get_system_parameters(0x02)
+    theirs = open_theirs(link)
+    assert list(theirs.get_values_single(0x03).CellVoltages) == list(single.cell_voltages)
+    assert theirs.get_module_serial_number(0x03).ModuleSerialNumber.decode() == (
+        serial.serial_number
+    )
+    theirs_management = theirs.get_management_info(0x02)  # prints its frames
+    assert theirs_management.ChargeVoltageLimit == management.charge_voltage_limit
+    assert theirs_management.DischargeCurrentLimit == management.discharge_current_limit
+    assert theirs_management.status.ChargeEnable == management.charge_enable
+    theirs_parameters = theirs.get_system_parameters(0x02)
+    assert theirs_parameters.CellHighVoltageLimit == parameters.cell_high_voltage_limit
+    assert theirs_parameters.ModuleUnderVoltageLimit == parameters.module_under_voltage_limit
+    assert theirs_parameters.ChargeCurrentLimit == parameters.charge_current_limit
+    theirs.s.close()
