@@ -386,7 +386,10 @@ def serve(args: argparse.Namespace) -> int:
         if args.config_check:
             print(
                 f"{config.source}: ok, {len(config.banks)} bank(s): "
-                + ", ".join(f"{b.name} ({b.port} group {b.group})" for b in config.banks)
+                + ", ".join(
+                    f"{b.name} ({b.port} group {b.group}, {b.serial.baudrate} baud)"
+                    for b in config.banks
+                )
             )
             return 0
         poller = Poller(config.banks)

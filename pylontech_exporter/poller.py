@@ -273,6 +273,9 @@ class BankPoller:
             for address, v in sorted(values.items())
         }
         reading.modules = list(modules.values())
+        # Static data known from earlier scrapes goes in now, before anything can time out.
+        for address, module in modules.items():
+            self._apply_static(module, self._static.get(address))
         answering = set(values)
         if answering != self._answering:
             lost = self._answering - answering
@@ -290,6 +293,7 @@ class BankPoller:
                 )
             for address in new:  # re-read static data of modules that (re)appeared
                 self._static.pop(address, None)
+                self._apply_static(modules[address], None)
             self._answering = answering
         if not modules:
             return
@@ -434,10 +438,6 @@ class BankPoller:
             self._static.clear()
             self._manufacturer = self._protocol = None
             self._static_at = now
-        # Fill the cached static data into this reading first: if the deadline passes
-        # while refreshing, what is known is still exported.
-        for address, module in modules.items():
-            self._apply_static(module, self._static.get(address))
         master = master_address(self.group)
         if self._manufacturer is None:
             self._manufacturer = self._try(
@@ -467,10 +467,10 @@ class BankPoller:
             self._apply_static(module, static)
 
     def _apply_static(self, module: ModuleReading, static: _Static | None) -> None:
-        if static is not None:
-            module.serial_number = static.serial_number
-            module.software_version = static.software_version
-            module.parameters = static.parameters
+        static = static or _Static()
+        module.serial_number = static.serial_number
+        module.software_version = static.software_version
+        module.parameters = static.parameters
 
     def bank_static(self) -> tuple[ManufacturerInfo | None, ProtocolVersion | None]:
         return self._manufacturer, self._protocol

@@ -62,6 +62,8 @@ class ExporterServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    #: Room for many scrapes arriving at once (the default, 5, drops connections).
+    request_queue_size = 128
 
     def __init__(
         self,

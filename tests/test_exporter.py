@@ -1,0 +1,317 @@
+"""End to end: the exporter as a real process against the simulator (TCP and pty),
+scraped over HTTP; every value must equal what the (frozen) simulator holds."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_exporter_support import (
+    Exporter,
+    assert_readings_equal,
+    expected_readings,
+    frozen_stack,
+    key,
+    parse,
+    readings,
+    select,
+)
+
+from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
+
+FAST = ("--serial.timeout", "0.2", "--cache.ttl", "0")
+
+
+@pytest.fixture
+def stack():
+    return frozen_stack(modules=3, model="US3000C")
+
+
+@pytest.fixture
+def tcp(stack):
+    with TcpSimulator(stack, latency=0) as server:
+        yield server
+
+
+def test_tcp_scrape_equals_simulator_and_health(stack, tcp):
+    with Exporter("--serial.port", tcp.url, *FAST) as exporter:
+        samples = exporter.scrape()
+    assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
+    assert samples[key("pylontech_up", bank="0")] == 1
+    for position in (1, 2, 3):
+        assert samples[key("pylontech_module_up", bank="0", module=position)] == 1
+    assert samples[key("pylontech_serial_requests_total", bank="0")] >= 5
+    for reason in ("timeout", "checksum", "frame", "return_code"):
+        assert key("pylontech_serial_request_failures_total", bank="0", reason=reason) in samples
+    assert samples[key("pylontech_scrape_duration_seconds", bank="0")] > 0
+    build = select(samples, "pylontech_exporter_build_info")
+    assert list(build.values()) == [1.0]
+
+
+def test_pty_scrape_equals_simulator(stack, tmp_path: Path):
+    with (
+        PtySimulator(stack, tmp_path / "ttyBattery", latency=0) as pty,
+        Exporter("--serial.port", pty.link, *FAST) as exporter,
+    ):
+        samples = exporter.scrape()
+    assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
+
+
+def test_two_groups_on_one_bus():
+    stack = frozen_stack(modules=2, groups=2, model="US3000C")  # groups 1 and 2
+    with (
+        TcpSimulator(stack, latency=0) as tcp,
+        Exporter("--serial.port", tcp.url, "--group", "1", "--group", "2", *FAST) as exporter,
+    ):
+        samples = exporter.scrape()
+    expected = {**expected_readings(stack, "1", 1), **expected_readings(stack, "2", 2)}
+    assert_readings_equal(readings(samples), expected)
+    assert samples[key("pylontech_up", bank="1")] == samples[key("pylontech_up", bank="2")] == 1
+
+
+def test_per_module_fallback_when_firmware_ignores_bank_query():
+    stack = frozen_stack(modules=3, model="US3000C", bank_query_supported=False)
+    with TcpSimulator(stack, latency=0) as tcp, Exporter("--serial.port", tcp.url, *FAST) as e:
+        samples = e.scrape()
+        assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
+        # Decided once: the next snapshot goes straight to per-module reads,
+        # 0x42, 0x44 and 0x92 for each of the 3 modules, no FF probe.
+        before = tcp.requests
+        assert_readings_equal(readings(e.scrape()), expected_readings(stack, "0", 0))
+        assert tcp.requests - before == 9
+
+
+def test_bank_query_used_when_answered(stack, tcp):
+    with Exporter("--serial.port", tcp.url, *FAST) as exporter:
+        exporter.scrape()
+        before = tcp.requests
+        exporter.scrape()
+        # one FF 0x42, one FF 0x44, 0x92 per module; static data is not read again
+        assert tcp.requests - before == 5
+
+
+def test_module_vanishes_and_returns(stack, tcp):
+    with Exporter("--serial.port", tcp.url, *FAST) as exporter:
+        assert_readings_equal(readings(exporter.scrape()), expected_readings(stack, "0", 0))
+        stack.remove_module(0x03)  # module 2
+        samples = exporter.scrape()
+        assert samples[key("pylontech_module_up", bank="0", module=2)] == 0
+        assert samples[key("pylontech_module_up", bank="0", module=1)] == 1
+        assert samples[key("pylontech_up", bank="0")] == 1
+        assert not readings(select(samples, module="2")), "readings of a vanished module"
+        assert_readings_equal(readings(samples), expected_readings(stack, "0", 0, modules=(1, 3)))
+        stack.restore_module(0x03)
+        samples = exporter.scrape()
+        assert samples[key("pylontech_module_up", bank="0", module=2)] == 1
+        assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
+
+
+def test_new_module_appears(stack, tcp):
+    stack.remove_module(0x04)
+    with Exporter("--serial.port", tcp.url, *FAST) as exporter:
+        samples = exporter.scrape()
+        assert key("pylontech_module_up", bank="0", module=3) not in samples
+        stack.restore_module(0x04)
+        # The bank-wide answer now has 3 modules: the exporter learns the new one.
+        samples = exporter.scrape()
+        assert samples[key("pylontech_module_up", bank="0", module=3)] == 1
+        assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
+
+
+def test_whole_bank_down_while_other_bank_reports(tmp_path: Path):
+    first = frozen_stack(modules=2, model="US3000C", seed=1)
+    second = frozen_stack(modules=2, model="US2000C", seed=2)
+    with TcpSimulator(first, latency=0) as a, TcpSimulator(second, latency=0) as b:
+        config = tmp_path / "banks.yml"
+        config.write_text(
+            f"banks:\n  - name: garage\n    port: {a.url}\n"
+            f"  - name: shed\n    port: {b.url}\n    bank_query: off\n"
+        )
+        with Exporter("--config.file", str(config), *FAST) as exporter:
+            samples = exporter.scrape()
+            assert_readings_equal(
+                readings(samples),
+                {**expected_readings(first, "garage", 0), **expected_readings(second, "shed", 0)},
+            )
+            b.stop()  # the shed's gateway goes away
+            samples = exporter.scrape()
+    assert samples[key("pylontech_up", bank="shed")] == 0
+    assert samples[key("pylontech_up", bank="garage")] == 1
+    assert samples[key("pylontech_module_up", bank="shed", module=1)] == 0
+    assert not readings(select(samples, bank="shed")), "stale readings of a bank that is down"
+    assert_readings_equal(readings(samples), expected_readings(first, "garage", 0))
+
+
+def test_fifty_concurrent_scrapes_share_one_bus_read():
+    stack = frozen_stack(modules=3, model="US3000C")
+    with (
+        TcpSimulator(stack, latency=0.03) as tcp,
+        Exporter(
+            "--serial.port", tcp.url, "--serial.timeout", "0.2", "--cache.ttl", "1.5"
+        ) as exporter,
+    ):
+        exporter.scrape()  # discovery and static data
+        time.sleep(1.6)  # let the cached snapshot expire
+        before = tcp.requests
+        barrier = threading.Barrier(50)
+        results: list[dict] = []
+
+        def scrape() -> None:
+            barrier.wait()
+            results.append(exporter.scrape())
+
+        threads = [threading.Thread(target=scrape) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(results) == 50
+        # exactly one snapshot: FF 0x42, FF 0x44, three 0x92
+        assert tcp.requests - before == 5
+        assert all(readings(r) == readings(results[0]) for r in results)
+        # within the TTL: served from the cache, no request
+        exporter.scrape()
+        assert tcp.requests - before == 5
+        time.sleep(1.6)
+        exporter.scrape()
+        assert tcp.requests - before == 10
+
+
+def test_scrape_timeout_header_bounds_the_read():
+    stack = frozen_stack(modules=3, model="US3000C")
+    with (
+        TcpSimulator(stack, latency=0) as tcp,
+        Exporter(
+            "--serial.port",
+            tcp.url,
+            "--serial.timeout",
+            "1",
+            "--cache.ttl",
+            "0",
+            "--scrape.timeout-offset",
+            "0.5",
+        ) as exporter,
+    ):
+        # First a full read with plenty of time (discovery, static data, FF query state).
+        full = exporter.scrape(timeout_header=30)
+        assert_readings_equal(readings(full), expected_readings(stack, "0", 0))
+        tcp.latency = 0.3  # from now on the bus is slow
+        # Each answer takes 0.3 s and one snapshot needs 5 of them (1.5 s); allow 0.8 s.
+        started = time.monotonic()
+        samples = exporter.scrape(timeout_header=1.3)
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.3, f"scrape took {elapsed:.2f} s, longer than Prometheus allows"
+    up = {int(dict(k[1])["module"]): v for k, v in select(samples, "pylontech_module_up").items()}
+    assert set(up) == {1, 2, 3}
+    # The analog values arrive (FF, 0.3 s) and the alarms (FF, 0.6 s); the 0x92 answers
+    # (0.9 s and later) come too late: not read, so not exported.
+    assert samples[key("pylontech_up", bank="0")] == 1
+    management = select(samples, "pylontech_module_charge_enabled")
+    assert len(management) < 3, "0x92 of every module cannot have been read in time"
+    expected = expected_readings(stack, "0", 0)
+    actual = readings(samples)
+    assert set(actual) < set(expected)
+    for k, v in actual.items():
+        assert v == pytest.approx(expected[k], rel=1e-9, abs=1e-9), k
+
+
+def test_scrape_timeout_cuts_per_module_reads():
+    stack = frozen_stack(modules=3, model="US3000C", bank_query_supported=False)
+    with (
+        TcpSimulator(stack, latency=0) as tcp,
+        Exporter("--serial.port", tcp.url, "--serial.timeout", "1", "--cache.ttl", "0") as exporter,
+    ):
+        exporter.scrape(timeout_header=30)
+        tcp.latency = 0.3  # from now on the bus is slow
+        started = time.monotonic()
+        samples = exporter.scrape(timeout_header=1.2)  # 0.7 s of bus time: 2 modules
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.2
+    assert samples[key("pylontech_module_up", bank="0", module=1)] == 1
+    assert samples[key("pylontech_module_up", bank="0", module=3)] == 0
+    assert not readings(select(samples, module="3"))
+    expected = expected_readings(stack, "0", 0)
+    for k, v in readings(samples).items():
+        assert v == pytest.approx(expected[k], rel=1e-9, abs=1e-9), k
+
+
+def test_http_negotiation_landing_page_and_404(stack, tcp):
+    with Exporter("--serial.port", tcp.url, *FAST) as exporter:
+        status, headers, body = exporter.get(
+            "/metrics",
+            {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"},
+        )
+        assert status == 200
+        assert headers["Content-Encoding"] == "gzip"
+        assert headers["Content-Type"].startswith("application/openmetrics-text")
+        text = gzip.decompress(body).decode()
+        assert text.endswith("# EOF\n")
+        assert "pylontech_module_cycles_total{" in text
+
+        status, headers, body = exporter.get("/metrics", method="HEAD")
+        assert status == 200 and body == b""
+        assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert int(headers["Content-Length"]) > 1000
+
+        status, headers, body = exporter.get("/")
+        page = body.decode()
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        assert "Pylontech exporter" in page and "0.1.0" in page
+        assert "href='/metrics'" in page
+        assert tcp.url in page  # the configured bank
+        for module in stack.group_modules(0):  # live summary: serials and cell voltages
+            values = module.values()
+            assert module.serial_number in page
+            assert f"{min(values.cell_voltages):.3f}" in page
+            assert f"{values.voltage:.2f}" in page
+        assert "http://" not in page and "https://" not in page  # no external assets
+
+        for path in ("/nope", "/metrics/x", "/favicon.ico"):
+            assert exporter.get(path)[0] == 404
+
+
+def test_landing_page_before_any_scrape_does_not_touch_the_bus(stack, tcp):
+    with Exporter("--serial.port", tcp.url, *FAST) as exporter:
+        status, _, body = exporter.get("/")
+        assert status == 200 and "No reading yet" in body.decode()
+        assert tcp.requests == 0
+
+
+def test_simulate_mode_serves_three_modules():
+    with Exporter("--simulate", "--cache.ttl", "0") as exporter:
+        samples = exporter.scrape()
+        _, _, page = exporter.get("/")
+    assert samples[key("pylontech_up", bank="0")] == 1
+    assert sorted(select(samples, "pylontech_module_up").values()) == [1, 1, 1]
+    cells = select(samples, "pylontech_cell_voltage_volts")
+    assert len(cells) == 3 * 15 and all(2.5 < v < 3.7 for v in cells.values())
+    assert "Simulated battery stack" in page.decode()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_check_metrics_on_a_real_scrape(stack, tcp):
+    with Exporter("--serial.port", tcp.url, *FAST) as exporter:
+        _, _, body = exporter.get("/metrics")
+    text = body.decode()
+    parse(text)  # well-formed
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    # The contract names capacities in ampere-hours (docs/metrics.md); promtool would have
+    # coulombs. Those two names are the only findings allowed.
+    allowed = {
+        'pylontech_module_full_capacity_ampere_hours use base unit "seconds" instead of "hours"',
+        'pylontech_module_remaining_capacity_ampere_hours use base unit "seconds" instead of '
+        '"hours"',
+    }
+    assert set(problems) <= allowed, problems
+    assert "# TYPE" in text and " # " not in text.split("\n")[2]  # no sample timestamps
+    for line in text.splitlines():
+        if line.startswith("pylontech_"):
+            assert len(line.rsplit("} ", 1)[-1].split()) == 1, f"timestamp in {line!r}"
