@@ -1,0 +1,145 @@
+"""Config file schema and the checks that turn bad input into one line saying what to fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import serial
+
+from pylontech_exporter.config import (
+    ConfigError,
+    banks_from_flags,
+    check_port_available,
+    load_config,
+    parse_config,
+)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "pylontech.yml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_full_bank_and_defaults(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            """
+banks:
+  - name: garage
+    port: socket://10.0.0.7:8899
+    group: 2
+    baudrate: 9600
+    timeout: 0.5
+    command_gap: 0.1
+    modules: 4
+    bank_query: off
+  - port: /dev/ttyUSB1
+""",
+        ),
+        baudrate=19200,
+        timeout=2.0,
+    )
+    garage, other = config.banks
+    assert (garage.name, garage.port, garage.group, garage.modules) == (
+        "garage",
+        "socket://10.0.0.7:8899",
+        2,
+        4,
+    )
+    assert (garage.serial.baudrate, garage.serial.timeout, garage.serial.command_gap) == (
+        9600,
+        0.5,
+        0.1,
+    )
+    assert garage.bank_query == "off"  # YAML reads bare `off` as False
+    # Left out: the name is the group, the serial settings come from the flags' values.
+    assert (other.name, other.group, other.modules, other.bank_query) == ("0", 0, None, "auto")
+    assert (other.serial.baudrate, other.serial.timeout) == (19200, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"bank": []}, "unknown key 'bank'"),
+        ({"banks": []}, "non-empty list"),
+        ({"banks": [{"port": "/dev/x", "speed": 1}]}, "banks[0]: unknown key 'speed'"),
+        ({"banks": [{"group": 1}]}, "banks[0]: `port:` is missing"),
+        ({"banks": [{"port": "/dev/x", "group": 8}]}, "banks[0].group: must be an integer 0..7"),
+        ({"banks": [{"port": "/dev/x", "group": "1"}]}, "banks[0].group: must be an integer"),
+        ({"banks": [{"port": "/dev/x", "baudrate": 0}]}, "banks[0].baudrate: must be a positive"),
+        ({"banks": [{"port": "/dev/x", "baudrate": "fast"}]}, "banks[0].baudrate"),
+        ({"banks": [{"port": 5}]}, "banks[0].port: must be a device path or pyserial URL"),
+        ({"banks": [{"port": "/dev/x", "timeout": 0}]}, "banks[0].timeout: must be > 0"),
+        ({"banks": [{"port": "/dev/x", "command_gap": -1}]}, "command_gap: must be >= 0"),
+        ({"banks": [{"port": "/dev/x", "modules": 17}]}, "banks[0].modules: must be an integer"),
+        ({"banks": [{"port": "/dev/x", "bank_query": "maybe"}]}, "one of auto, on, off"),
+        (
+            {"banks": [{"port": "/dev/x", "name": "a"}, {"port": "/dev/y", "name": "a"}]},
+            "bank name 'a' is used twice",
+        ),
+        (
+            {"banks": [{"port": "/dev/x"}, {"port": "/dev/x", "name": "b"}]},
+            "port /dev/x group 0 is configured twice",
+        ),
+        (
+            {"banks": [{"port": "/dev/x"}, {"port": "/dev/x", "group": 1, "baudrate": 9600}]},
+            "disagree on baudrate",
+        ),
+    ],
+)
+def test_bad_documents_say_what_to_fix(document, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(document, "banks.yml")
+    text = str(error.value)
+    assert message in text
+    assert text.startswith("banks.yml")
+    assert "\n" not in text
+
+
+def test_yaml_errors_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+: "):
+        load_config(write(tmp_path, "banks:\n  - port: [\n"))
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "nope.yml"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write(tmp_path, "- port: /dev/x\n"))
+
+
+def test_banks_from_flags_one_bank_per_group():
+    config = banks_from_flags("/dev/ttyUSB0", [1, 3, 1], baudrate=9600)
+    assert [(b.name, b.group, b.serial.baudrate) for b in config.banks] == [
+        ("1", 1, 9600),
+        ("3", 3, 9600),
+    ]
+    assert config.banks[0].serial is config.banks[1].serial  # one connection
+    with pytest.raises(ConfigError, match=r"--serial\.baudrate"):
+        banks_from_flags("/dev/ttyUSB0", [0], baudrate=0)
+    with pytest.raises(ConfigError, match="--group"):
+        banks_from_flags("/dev/ttyUSB0", [9])
+
+
+def test_port_checks(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_port_available(str(tmp_path / "ttyUSB9"))
+    regular = tmp_path / "file"
+    regular.write_text("")
+    with pytest.raises(ConfigError, match="not a character device"):
+        check_port_available(str(regular))
+    check_port_available("socket://127.0.0.1:1")  # gateways are not checked at start
+    master, slave = os.openpty()
+    try:
+        device = os.ttyname(slave)
+        check_port_available(device)  # free: fine
+        holder = serial.Serial(device, exclusive=True)
+        try:
+            with pytest.raises(ConfigError, match="in use by another program"):
+                check_port_available(device)
+        finally:
+            holder.close()
+    finally:
+        os.close(master)
+        os.close(slave)
