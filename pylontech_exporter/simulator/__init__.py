@@ -10,6 +10,7 @@ from .battery import BatteryStack, ConstantCurrent, SineLoad, VirtualModule, ocv
 from .faults import FAULT_HELP, Fault, FaultKind, FaultPlan, parse_fault
 from .models import MODELS, ModuleModel, get_model
 from .responder import Reply
+from .serve import PtySimulator, TcpSimulator, serve_pty, serve_tcp
 
 __all__ = [
     "FAULT_HELP",
@@ -20,10 +21,14 @@ __all__ = [
     "FaultKind",
     "FaultPlan",
     "ModuleModel",
+    "PtySimulator",
     "Reply",
     "SineLoad",
+    "TcpSimulator",
     "VirtualModule",
     "get_model",
     "ocv",
     "parse_fault",
+    "serve_pty",
+    "serve_tcp",
 ]
