@@ -508,12 +508,14 @@ class BatteryStack:
         self.frozen = False
 
     def set_current(self, amperes: float) -> None:
-        """Make every module carry ``amperes`` from now on (+ charging), and now."""
+        """Make every module carry ``amperes`` (+ charging) from now on. Unless frozen, the
+        cells also take the new current's voltage drop at once."""
         self.load = ConstantCurrent(amperes)
         with self.lock:
             for module in self.modules:
                 module.current = amperes
-                module.settle()
+                if not self.frozen:
+                    module.settle()
 
     def advance(self, seconds: float) -> None:
         """Move simulated time forward by ``seconds`` (no-op while frozen)."""
