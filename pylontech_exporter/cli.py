@@ -91,6 +91,18 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class _Append(argparse._AppendAction):
+    """``append`` whose first use on the command line replaces the default (which may
+    come from the environment) instead of adding to it: flags win over the environment."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        seen = f"_{self.dest}_seen"
+        if not getattr(namespace, seen, False):
+            setattr(namespace, seen, True)
+            setattr(namespace, self.dest, None)
+        super().__call__(parser, namespace, values, option)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and environment-variable defaults."""
 
@@ -178,7 +190,7 @@ def build_parser(command: str | None = None) -> Parser:
         "--group",
         dest="group",
         type=group_number,
-        action="append",
+        action=_Append,
         metavar="N",
         help="group (0..7) to read on --serial.port; repeat for several (default 0)",
     )

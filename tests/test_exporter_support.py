@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -54,14 +55,12 @@ class Exporter:
     """``pylontech-exporter`` serving on 127.0.0.1 at a port the OS picks."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        listen = (
-            []
-            if any(a.startswith("--web.listen-address") for a in args)
-            else [
-                "--web.listen-address",
-                "127.0.0.1:0",
-            ]
+        #: With --web.listen-address given, startup is noticed by connecting (the log line
+        #: that names the address may be filtered by --log.level).
+        self.fixed = next(
+            (a for i, a in enumerate(args) if args[i - 1] == "--web.listen-address"), None
         )
+        listen = [] if self.fixed else ["--web.listen-address", "127.0.0.1:0"]
         self.process = subprocess.Popen(
             exporter_command(*args, *listen),
             stdout=subprocess.DEVNULL,
@@ -76,10 +75,25 @@ class Exporter:
         self.address = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if self.fixed:
+            self._wait_connectable(self.fixed)
         if not self._listening.wait(20):
             self.stop()
             raise AssertionError("exporter did not start:\n" + "\n".join(self.lines))
         self.base = f"http://{self.address}"
+
+    def _wait_connectable(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), 0.5).close()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            self.address = address
+            self._listening.set()
+            return
 
     def _read(self) -> None:
         assert self.process.stderr is not None

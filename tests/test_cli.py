@@ -1,0 +1,400 @@
+"""The command line: every flag and its environment variable, configuration errors,
+--config.check, the scan and dump commands, and flags that change what is served."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import serial
+from test_exporter_support import (
+    Exporter,
+    clean_env,
+    expected_readings,
+    frozen_stack,
+    key,
+    run_cli,
+    select,
+)
+
+from pylontech_exporter import __version__
+from pylontech_exporter.cli import build_parser, env_name, parse_args
+from pylontech_exporter.server import parse_listen_address
+from pylontech_exporter.simulator.serve import TcpSimulator
+
+# (command, flag arguments, dest, parsed value, the same as environment variable text)
+FLAGS = [
+    (None, ["--serial.port", "socket://h:1"], "serial_port", "socket://h:1", "socket://h:1"),
+    (None, ["--serial.baudrate", "9600"], "serial_baudrate", 9600, "9600"),
+    (None, ["--serial.timeout", "0.25"], "serial_timeout", 0.25, "0.25"),
+    (None, ["--serial.command-gap", "0.1"], "serial_command_gap", 0.1, "0.1"),
+    (None, ["--group", "3", "--group", "5"], "group", [3, 5], "3,5"),
+    (None, ["--config.file", "b.yml"], "config_file", "b.yml", "b.yml"),
+    (None, ["--simulate"], "simulate", True, "true"),
+    (None, ["--simulate.modules", "5"], "simulate_modules", 5, "5"),
+    (None, ["--config.check"], "config_check", True, "1"),
+    (None, ["--web.listen-address", ":9999"], "web_listen_address", ":9999", ":9999"),
+    (None, ["--web.telemetry-path", "/m"], "web_telemetry_path", "/m", "/m"),
+    (None, ["--web.disable-exporter-metrics"], "web_disable_exporter_metrics", True, "yes"),
+    (None, ["--cache.ttl", "0"], "cache_ttl", 0.0, "0"),
+    (None, ["--scrape.timeout-offset", "1.5"], "scrape_timeout_offset", 1.5, "1.5"),
+    (None, ["--log.level", "debug"], "log_level", "debug", "debug"),
+    (None, ["--log.format", "json"], "log_format", "json", "json"),
+    ("scan", ["--scan.timeout", "0.1"], "scan_timeout", 0.1, "0.1"),
+    ("dump", ["--json"], "json", True, "1"),
+    ("dump", ["--dump.timeout", "3"], "dump_timeout", 3.0, "3"),
+]
+DEFAULTS = {
+    "serial_baudrate": 115200,
+    "serial_timeout": 1.0,
+    "serial_command_gap": 0.0,
+    "group": [0],
+    "web_listen_address": ":10460",
+    "web_telemetry_path": "/metrics",
+    "cache_ttl": 5.0,
+    "scrape_timeout_offset": 0.5,
+    "log_level": "info",
+    "log_format": "logfmt",
+    "simulate": False,
+    "simulate_modules": 3,
+}
+
+
+def _cmd(command):
+    return [command] if command else []
+
+
+@pytest.mark.parametrize(("command", "argv", "dest", "value", "env_text"), FLAGS)
+def test_each_flag_and_its_environment_variable(command, argv, dest, value, env_text):
+    flag = argv[0]
+    assert getattr(parse_args([*_cmd(command), *argv], environ={}), dest) == value
+    env = {env_name(flag): env_text}
+    assert getattr(parse_args(_cmd(command), environ=env), dest) == value
+    # The flag wins over the environment.
+    other = {env_name(flag): "7" if value != 7 else "8"} if not isinstance(value, bool) else {}
+    if other and dest not in ("log_level", "log_format"):
+        assert getattr(parse_args([*_cmd(command), *argv], environ=other), dest) == value
+
+
+def test_every_flag_is_covered_and_defaults():
+    covered = {(c, a[0]) for c, a, *_ in FLAGS}
+    for command in (None, "scan", "dump"):
+        for action in build_parser(command)._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option not in ("--help", "--version"):
+                    assert (command, option) in covered or (None, option) in covered, option
+    args = parse_args([], environ={})
+    for dest, value in DEFAULTS.items():
+        assert getattr(args, dest) == value, dest
+    assert env_name("--serial.command-gap") == "PYLONTECH_EXPORTER_SERIAL_COMMAND_GAP"
+
+
+def test_bad_environment_value_names_the_variable(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([], environ={"PYLONTECH_EXPORTER_SERIAL_BAUDRATE": "fast"})
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "PYLONTECH_EXPORTER_SERIAL_BAUDRATE" in err and "positive integer" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--serial.baudrate", "0"], "--serial.baudrate: expected a positive integer"),
+        (["--group", "8"], "--group: expected a group number 0..7"),
+        (["--serial.timeout", "0"], "--serial.timeout: expected a positive number"),
+        (["--log.format", "xml"], "--log.format: expected one of logfmt, json"),
+        (["--cache.ttl", "-1"], "--cache.ttl: expected a number of seconds >= 0"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_flag_values_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv, environ={})
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_listen_address_forms():
+    assert parse_listen_address(":10460") == ("", 10460)
+    assert parse_listen_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_listen_address("[::1]:9000") == ("::1", 9000)
+    for bad in ("10460", "host:port", "::1:9000", ":70000"):
+        with pytest.raises(ValueError, match=r"--web\.listen-address"):
+            parse_listen_address(bad)
+
+
+# --- the program ---------------------------------------------------------------------------
+
+
+def test_no_source_exits_2_naming_all_three():
+    result = run_cli()
+    assert result.returncode == 2
+    assert "--serial.port" in result.stderr
+    assert "--config.file" in result.stderr
+    assert "--simulate" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+def test_version_and_help():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"pylontech-exporter {__version__}"
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command, argv, *_ in FLAGS:
+        if command is None:
+            assert argv[0] in result.stdout
+    assert "PYLONTECH_EXPORTER_" in result.stdout and "scan" in result.stdout
+
+
+def test_config_check_ok_with_env_and_flag_precedence(tmp_path):
+    env = clean_env(
+        PYLONTECH_EXPORTER_SERIAL_PORT="socket://127.0.0.1:8899",
+        PYLONTECH_EXPORTER_SERIAL_BAUDRATE="9600",
+        PYLONTECH_EXPORTER_GROUP="1,2",
+    )
+    result = run_cli("--config.check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "2 bank(s)" in result.stdout and "9600 baud" in result.stdout
+    assert "group 1" in result.stdout and "group 2" in result.stdout
+    result = run_cli("--config.check", "--serial.baudrate", "115200", "--group", "3", env=env)
+    assert result.returncode == 0
+    assert "1 bank(s)" in result.stdout and "115200 baud" in result.stdout
+    assert "group 3" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("banks:\n  - port: socket://h:1\n    baud: 9600\n", "unknown key 'baud'"),
+        ("banks:\n  - port: socket://h:1\n    group: one\n", "group: must be an integer 0..7"),
+        ("banks:\n  - port: socket://h:1\n    group: 8\n", "group: must be an integer 0..7"),
+        ("banks:\n  - port: socket://h:1\n    baudrate: 0\n", "baudrate: must be a positive"),
+        ("banks:\n  - port: /dev/ttyNOPE42\n", "serial port /dev/ttyNOPE42 does not exist"),
+        ("banks: [\n", "not valid YAML"),
+    ],
+)
+def test_config_check_errors_exit_2(tmp_path, yaml_text, message):
+    path = tmp_path / "banks.yml"
+    path.write_text(yaml_text)
+    result = run_cli("--config.file", str(path), "--config.check")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_config_check_valid_file(tmp_path):
+    path = tmp_path / "banks.yml"
+    path.write_text("banks:\n  - name: garage\n    port: socket://10.0.0.7:8899\n    group: 1\n")
+    result = run_cli("--config.file", str(path), "--config.check")
+    assert result.returncode == 0
+    assert "garage (socket://10.0.0.7:8899 group 1, 115200 baud)" in result.stdout
+
+
+def test_serial_port_in_use_and_missing_exit_2():
+    master, slave = os.openpty()
+    device = os.ttyname(slave)
+    holder = serial.Serial(device, exclusive=True)
+    try:
+        result = run_cli("--serial.port", device)
+    finally:
+        holder.close()
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == 2
+    assert f"serial port {device} is in use by another program" in result.stderr
+    result = run_cli("--serial.port", "/dev/ttyUSB-missing")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_conflicting_sources_exit_2(tmp_path):
+    result = run_cli("--simulate", "--serial.port", "socket://h:1")
+    assert result.returncode == 2 and "--simulate" in result.stderr
+    result = run_cli("--serial.port", "socket://h:1", "--config.file", "x.yml")
+    assert result.returncode == 2 and "both given" in result.stderr
+
+
+def test_listen_address_in_use_exit_2():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("--simulate", "--web.listen-address", f"127.0.0.1:{port}")
+    assert result.returncode == 2
+    assert "cannot listen" in result.stderr
+
+
+# --- scan and dump -------------------------------------------------------------------------
+
+
+def test_scan_lists_every_module_with_serial_and_firmware():
+    stack = frozen_stack(modules=2, groups=2, model="US3000C")  # groups 1 and 2
+    with TcpSimulator(stack, latency=0) as tcp:
+        result = run_cli(
+            "scan", "--serial.port", tcp.url, "--group", "1", "--group", "2",
+            "--scan.timeout", "0.05",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == [
+        "port",
+        "address",
+        "group",
+        "module",
+        "serial",
+        "number",
+        "firmware",
+    ]
+    rows = [line.split() for line in lines[1:]]
+    expected = [
+        [tcp.url, f"0x{m.address:02X}", str(m.group), str(m.address - 0x10 * m.group - 1),
+         m.serial_number, m.model.mainline_version, f"({m.model.manufacturer_version})"]
+        for m in stack.modules
+    ]  # fmt: skip
+    assert rows == expected
+    assert "scanning" in result.stderr and "4 module(s) found" in result.stderr
+    for m in stack.modules:
+        assert f"0x{m.address:02X}: found {m.serial_number}" in result.stderr
+
+
+def test_scan_with_nothing_answering_exits_1():
+    stack = frozen_stack(modules=1)
+    stack.remove_module(0x02)
+    with TcpSimulator(stack, latency=0) as tcp:
+        result = run_cli("scan", "--serial.port", tcp.url, "--group", "0", "--scan.timeout", "0.02")
+    assert result.returncode == 1
+    assert "no battery answered" in result.stderr
+
+
+def test_dump_table_and_json():
+    stack = frozen_stack(modules=3, model="US3000C")
+    with TcpSimulator(stack, latency=0) as tcp:
+        table = run_cli("dump", "--serial.port", tcp.url, "--serial.timeout", "0.2")
+        as_json = run_cli("dump", "--json", "--serial.port", tcp.url, "--serial.timeout", "0.2")
+    assert table.returncode == 0, table.stderr
+    assert "bank 0 (group 0" in table.stdout and ": up" in table.stdout
+    for m in stack.modules:
+        v = m.values()
+        assert m.serial_number in table.stdout
+        assert f"{v.voltage:.3f} V" in table.stdout
+        assert f"{v.state_of_charge * 100:.1f}%" in table.stdout
+    assert as_json.returncode == 0
+    data = json.loads(as_json.stdout)
+    (bank,) = data["banks"]
+    assert bank["up"] is True and bank["name"] == "0"
+    for entry, m in zip(bank["modules"], stack.modules):
+        v = m.values()
+        assert entry["up"] is True and entry["serial_number"] == m.serial_number
+        assert entry["values"]["cell_voltages"] == list(v.cell_voltages)
+        assert entry["values"]["current"] == v.current
+        assert entry["alarms"]["cell_states"] == [s.name.lower() for s in m.alarms().cell_states]
+        assert entry["management"]["charge_voltage_limit"] == m.management().charge_voltage_limit
+
+
+# --- flags that change what is served ------------------------------------------------------
+
+
+@pytest.fixture
+def tcp():
+    stack = frozen_stack(modules=2, model="US3000C")
+    with TcpSimulator(stack, latency=0) as server:
+        server.stack_ = stack
+        yield server
+
+
+def test_telemetry_path_json_logs_and_no_exporter_metrics(tcp):
+    with Exporter(
+        "--serial.port", tcp.url, "--serial.timeout", "0.2", "--web.telemetry-path", "/pylontech",
+        "--log.format", "json", "--log.level", "debug", "--web.disable-exporter-metrics",
+    ) as exporter:  # fmt: skip
+        status, _, body = exporter.get("/pylontech")
+        assert status == 200
+        assert exporter.get("/metrics")[0] == 404
+        _, _, page = exporter.get("/")
+        assert "href='/pylontech'" in page.decode()
+    text = body.decode()
+    assert "pylontech_up" in text
+    assert "process_cpu_seconds_total" not in text and "python_info" not in text
+    records = [json.loads(line) for line in exporter.lines if line.startswith("{")]
+    assert records and len(records) == len(exporter.lines)
+    assert {"ts", "level", "msg"} <= set(records[0])
+    assert any(r["level"] == "debug" for r in records)
+
+
+def test_default_exporter_metrics_logfmt_and_level(tcp):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Exporter(
+        "--serial.port", tcp.url, "--log.level", "warn", "--web.listen-address", f"127.0.0.1:{port}"
+    ) as exporter:
+        _, _, body = exporter.get("/metrics")
+    assert "process_cpu_seconds_total" in body.decode() or "python_info" in body.decode()
+    assert not [line for line in exporter.lines if "level=info" in line or "level=debug" in line]
+    with Exporter("--serial.port", tcp.url) as exporter:
+        exporter.get("/metrics")
+    assert any(line.startswith("ts=") and " level=info " in line for line in exporter.lines)
+
+
+def test_environment_configures_the_running_exporter(tcp):
+    env = clean_env(
+        PYLONTECH_EXPORTER_SERIAL_PORT=tcp.url,
+        PYLONTECH_EXPORTER_SERIAL_TIMEOUT="0.2",
+        PYLONTECH_EXPORTER_CACHE_TTL="0",
+        PYLONTECH_EXPORTER_WEB_TELEMETRY_PATH="/env-metrics",
+    )
+    with Exporter(env=env) as exporter:
+        status, _, body = exporter.get("/env-metrics")
+    assert status == 200
+    assert (
+        "# HELP pylontech_cell_voltage_volts Cell voltage (read at every scrape)" in body.decode()
+    )
+
+
+def test_cache_ttl_in_help_and_command_gap_slows_the_bus(tcp):
+    with Exporter(
+        "--serial.port", tcp.url, "--serial.timeout", "0.2", "--cache.ttl", "7",
+    ) as exporter:  # fmt: skip
+        _, _, body = exporter.get("/metrics")
+    assert "(read at most every 7 s, cached in between)" in body.decode()
+    with Exporter(
+        "--serial.port", tcp.url, "--serial.timeout", "0.2", "--serial.command-gap", "0.1",
+        "--cache.ttl", "0",
+    ) as exporter:  # fmt: skip
+        exporter.scrape()
+        started = time.monotonic()
+        samples = exporter.scrape()
+        elapsed = time.monotonic() - started
+    # FF 0x42, FF 0x44, 2 x 0x92: at least 3 gaps of 0.1 s between the 4 requests
+    assert elapsed >= 0.3
+    assert samples[key("pylontech_up", bank="0")] == 1
+
+
+def test_simulate_with_groups_and_module_count():
+    with Exporter(
+        "--simulate", "--group", "1", "--group", "2", "--simulate.modules", "2",
+        "--cache.ttl", "0",
+    ) as exporter:  # fmt: skip
+        samples = exporter.scrape()
+    up = select(samples, "pylontech_module_up")
+    assert sorted((dict(k[1])["bank"], dict(k[1])["module"]) for k in up) == [
+        ("1", "1"), ("1", "2"), ("2", "1"), ("2", "2"),
+    ]  # fmt: skip
+    assert all(v == 1 for v in up.values())
+
+
+def test_expected_readings_helper_matches_one_known_value(tcp):
+    # Guard for the helper the end-to-end tests rely on: a value set by hand shows up.
+    module = tcp.stack_.module(0x02)
+    module.cell_voltages[0] = 3.123
+    expected = expected_readings(tcp.stack_, "0", 0)
+    assert expected[key("pylontech_cell_voltage_volts", bank="0", module=1, cell=1)] == 3.123
+    with Exporter("--serial.port", tcp.url, "--serial.timeout", "0.2") as exporter:
+        samples = exporter.scrape()
+    assert samples[key("pylontech_cell_voltage_volts", bank="0", module="1", cell="1")] == 3.123
