@@ -190,6 +190,9 @@ class BankPoller:
         self.requests = 0
         self.failures: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
         self._deadline = float("inf")
+        #: The last protocol error seen, for messages ("no module answered: ...").
+        self._last_error: str | None = None
+        self._was_up: bool | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class BankPoller:
     def read(self, deadline: float) -> BankReading:
         """Read the bank; every request ends by ``deadline`` (time.monotonic())."""
         self._deadline = deadline
+        self._last_error = None
         start = self._clock()
         before_requests = self.client.stats.requests
         before_failures = dict(self.client.stats.failures)
@@ -241,6 +245,14 @@ class BankPoller:
         reading.failures = dict(self.failures)
         if not reading.up and reading.error is None:
             reading.error = "no module answered"
+        if not reading.up and self._last_error and reading.complete:
+            reading.error += f" (last error: {self._last_error})"
+        if reading.up != self._was_up and (self._was_up is not None or not reading.up):
+            if reading.up:
+                log.info("bank answers again", extra=kv(bank=self.config.name))
+            else:
+                log.warning("bank down", extra=kv(bank=self.config.name, err=reading.error))
+        self._was_up = reading.up
         return reading
 
     # -- the read, step by step -----------------------------------------------------------
@@ -257,6 +269,7 @@ class BankPoller:
             return call()
         except PylontechError as error:
             self._check_deadline()
+            self._last_error = str(error)
             log.debug("%s failed: %s", what, error, extra=kv(bank=self.config.name))
             return None
 
@@ -321,6 +334,7 @@ class BankPoller:
             found = self.client.discover(self.group)
         except PylontechError as error:
             self._check_deadline()
+            self._last_error = str(error)
             log.warning("discovery failed", extra=kv(bank=self.config.name, err=str(error)))
             return
         if self._clock() >= self._deadline:
@@ -360,6 +374,7 @@ class BankPoller:
             modules = call()
         except PylontechError as error:
             self._check_deadline()
+            self._last_error = str(error)
             if self.config.bank_query == "auto":
                 previous = self._bank_ok[what]
                 # Worked before: a passing hiccup, probe again next time. Never answered:
