@@ -34,7 +34,6 @@ from pylontech_exporter.simulator import (
     ocv,
     parse_fault,
 )
-from pylontech_exporter.simulator.serve import Framer
 
 
 def ask(stack: BatteryStack, address: int, command: int, info: bytes = b"") -> Frame:
@@ -577,10 +576,3 @@ def test_follow_clock() -> None:
     now[0] += 10.0
     stack.sync()
     assert stack.time == pytest.approx(600.0)
-
-
-def test_framer_resyncs_on_soi() -> None:
-    framer = Framer()
-    assert framer.feed(b"noise~20024") == []
-    assert framer.feed(b"~2002\r~AB\r\x00\x00~C") == [b"~2002\r", b"~AB\r"]
-    assert framer.feed(b"D\r") == [b"~CD\r"]

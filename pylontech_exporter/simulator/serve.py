@@ -21,40 +21,13 @@ import time
 import tty
 from typing import Callable, TypeVar
 
+from ..codec.stream import FrameSplitter
 from .battery import BatteryStack
 
-#: Longest partial frame kept while waiting for its CR (real requests are < 40 bytes).
-MAX_PENDING = 4096
 #: Pacing granularity: bytes are handed to the OS in slices of about this many seconds.
 PACING_SLICE = 0.005
 
 _S = TypeVar("_S", bound="_Server")
-
-
-class Framer:
-    """Splits a byte stream into ``~ ... \\r`` frames, resynchronising on ``~``."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the frames it completed, SOI to EOI inclusive."""
-        self._buffer += data
-        frames = []
-        while True:
-            start = self._buffer.find(b"~")
-            if start < 0:
-                self._buffer.clear()
-                return frames
-            del self._buffer[:start]
-            end = self._buffer.find(b"\r")
-            if end < 0:
-                if len(self._buffer) > MAX_PENDING:
-                    self._buffer.clear()
-                return frames
-            frame = bytes(self._buffer[: end + 1])
-            del self._buffer[: end + 1]
-            frames.append(frame[frame.rfind(b"~") :])
 
 
 class _Server:
@@ -189,7 +162,7 @@ class PtySimulator(_Server):
                 return  # nobody reads: the rest is lost, like on a real line
 
     def _run(self) -> None:
-        framer = Framer()
+        framer = FrameSplitter()
         with selectors.DefaultSelector() as selector:
             selector.register(self._master, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -250,7 +223,7 @@ class TcpSimulator(_Server):
 
     def _run(self) -> None:
         assert self._listener is not None
-        clients: dict[socket.socket, Framer] = {}
+        clients: dict[socket.socket, FrameSplitter] = {}
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -263,7 +236,7 @@ class TcpSimulator(_Server):
                             with contextlib.suppress(BlockingIOError):
                                 conn, _ = self._listener.accept()
                                 conn.settimeout(5.0)
-                                clients[conn] = Framer()
+                                clients[conn] = FrameSplitter()
                                 selector.register(conn, selectors.EVENT_READ)
                             continue
                         conn = key.fileobj  # type: ignore[assignment]
