@@ -187,6 +187,20 @@ def check_panel_ids(dashboard: dict) -> list[str]:
     return problems
 
 
+def check_repeats(dashboard: dict) -> list[str]:
+    """Panel options that Grafana only reads at the panel's top level."""
+    problems = []
+    for panel in all_panels(dashboard):
+        misplaced = {"repeat", "repeatDirection"} & set(
+            panel.get("fieldConfig", {}).get("defaults", {})
+        )
+        if misplaced:
+            problems.append(f"{panel_name(panel)}: {sorted(misplaced)} inside fieldConfig")
+        if "$module" in panel.get("title", "") and panel.get("repeat") != "module":
+            problems.append(f"{panel_name(panel)}: titled per module but does not repeat")
+    return problems
+
+
 def check_grid(dashboard: dict) -> list[str]:
     problems = []
     for panel in all_panels(dashboard):
@@ -401,6 +415,17 @@ def test_check_panel_ids_catches_duplicate(dashboard):
     panels = all_panels(broken)
     _nested_panel(broken)["id"] = panels[0]["id"]
     assert len(check_panel_ids(broken)) == 1
+
+
+def test_repeats_are_panel_options(dashboard):
+    assert check_repeats(dashboard) == []
+
+
+def test_check_repeats_catches_misplaced_repeat(dashboard):
+    broken = copy.deepcopy(dashboard)
+    panel = next(p for p in all_panels(broken) if p.get("repeat"))
+    panel["fieldConfig"]["defaults"]["repeat"] = panel.pop("repeat")
+    assert len(check_repeats(broken)) == 2
 
 
 def test_check_grid_catches_overflow(dashboard):
