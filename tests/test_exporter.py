@@ -283,7 +283,7 @@ def test_landing_page_before_any_scrape_does_not_touch_the_bus(stack, tcp):
 
 
 def test_simulate_mode_serves_three_modules():
-    with Exporter("--simulate", "--cache.ttl", "0") as exporter:
+    with Exporter("--simulate", "--cache.ttl", "0", "--serial.timeout", "0.3") as exporter:
         samples = exporter.scrape()
         _, _, page = exporter.get("/")
     assert samples[key("pylontech_up", bank="0")] == 1
