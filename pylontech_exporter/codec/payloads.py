@@ -85,13 +85,44 @@ def _convert(values: Mapping[str, Any], units: Mapping[str, Unit], direction: st
     return converted
 
 
+class PackedArray(c.Array):
+    """An :class:`~construct.Array` of a fixed-size integer (``Int16sb``...) whose compiled
+    parser reads the whole array with one ``struct.unpack`` instead of one per element.
+    Parses and builds exactly like ``Array``; only the compiled parse is faster (cell
+    voltages are most of a bank-wide 0x42 answer)."""
+
+    def __init__(self, count: Any, subcon: c.FormatField) -> None:
+        if not isinstance(subcon, c.FormatField) or len(subcon.fmtstr) != 2:
+            raise TypeError("PackedArray needs a fixed-size FormatField such as Int16sb")
+        super().__init__(count, subcon)
+
+    def _emitparse(self, code: Any) -> str:
+        endian, kind = self.subcon.fmtstr
+        count = f"({self.count})"
+        return (
+            f"ListContainer(struct.unpack({endian!r} + str({count}) + {kind!r}, "
+            f"io.read({self.subcon.length} * {count})))"
+        )
+
+
+class UInt24(c.BytesInteger):
+    """``Int24ub`` whose compiled parser is one ``struct.unpack`` call (and, unlike the
+    compiled ``Int24ub``, fails on fewer than 3 bytes instead of reading them as a number)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, signed=False, swapped=False)
+
+    def _emitparse(self, code: Any) -> str:
+        return "struct.unpack('>I', b'\\x00' + io.read(3))[0]"
+
+
 # -- wire layouts --------------------------------------------------------------------
 
 ANALOG_MODULE = c.Struct(
     "cell_count" / c.Rebuild(c.Int8ub, c.len_(c.this.cell_voltages)),
-    "cell_voltages" / c.Array(c.this.cell_count, c.Int16sb),
+    "cell_voltages" / PackedArray(c.this.cell_count, c.Int16sb),
     "temperature_count" / c.Rebuild(c.Int8ub, c.len_(c.this.temperatures)),
-    "temperatures" / c.Array(c.this.temperature_count, c.Int16sb),
+    "temperatures" / PackedArray(c.this.temperature_count, c.Int16sb),
     "current" / c.Int16sb,
     "voltage" / c.Int16ub,
     "remaining_capacity_2" / c.Int16ub,
@@ -99,11 +130,8 @@ ANALOG_MODULE = c.Struct(
     "user_defined_items" / c.Int8ub,
     "total_capacity_2" / c.Int16ub,
     "cycle_number" / c.Int16ub,
-    "capacity_3"
-    / c.If(
-        c.this.user_defined_items >= 4,
-        c.Struct("remaining" / c.Int24ub, "total" / c.Int24ub),
-    ),
+    "remaining_capacity_3" / c.If(c.this.user_defined_items >= 4, UInt24()),
+    "total_capacity_3" / c.If(c.this.user_defined_items >= 4, UInt24()),
 )
 
 ALARM_MODULE = c.Struct(
@@ -251,9 +279,8 @@ def _model_fields(model: type, values: Mapping[str, Any]) -> dict[str, Any]:
 def _module_values(raw: Mapping[str, Any], address: int) -> ModuleValues:
     # Spelled out rather than through a unit table: this runs for every module of every
     # scrape, and _raw_module_values below is its mirror image.
-    capacity = raw["capacity_3"]
     if raw["user_defined_items"] >= 4:
-        remaining, total = capacity["remaining"], capacity["total"]
+        remaining, total = raw["remaining_capacity_3"], raw["total_capacity_3"]
     else:
         remaining, total = raw["remaining_capacity_2"], raw["total_capacity_2"]
     return ModuleValues(
@@ -284,14 +311,16 @@ def _raw_module_values(reading: ModuleValues) -> dict[str, Any]:
             remaining_capacity_2=NO_SHORT_CAPACITY,
             total_capacity_2=NO_SHORT_CAPACITY,
             user_defined_items=4,
-            capacity_3={"remaining": remaining, "total": total},
+            remaining_capacity_3=remaining,
+            total_capacity_3=total,
         )
     else:
         raw.update(
             remaining_capacity_2=remaining,
             total_capacity_2=total,
             user_defined_items=2,
-            capacity_3=None,
+            remaining_capacity_3=None,
+            total_capacity_3=None,
         )
     return raw
 
