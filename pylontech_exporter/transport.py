@@ -21,7 +21,18 @@ import serial
 from .codec.stream import FrameSplitter
 from .errors import ResponseTimeout, TransportError
 
+try:
+    import termios
+except ImportError:  # pragma: no cover - not POSIX
+    termios = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
+
+#: What a port that went away raises. termios.error (tcflush on a pty or USB adapter that
+#: is gone: EIO) is not an OSError.
+_IO_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError) + (
+    (termios.error,) if termios is not None else ()
+)
 
 DEFAULT_BAUDRATE = 115200
 
@@ -80,7 +91,7 @@ class SerialTransport:
     def close(self) -> None:
         port, self._serial = self._serial, None
         if port is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
+            with contextlib.suppress(*_IO_ERRORS):
                 port.close()
 
     def send(self, request: bytes) -> None:
@@ -96,7 +107,7 @@ class SerialTransport:
             self._pending.clear()
             self._serial.write(request)
             self._serial.flush()
-        except (serial.SerialException, OSError) as error:
+        except _IO_ERRORS as error:
             self.close()
             raise TransportError(f"write to {self.port} failed: {_describe(error)}") from None
         self._last_activity = time.monotonic()
@@ -115,7 +126,7 @@ class SerialTransport:
                 data = self._serial.read(1)
                 if data and self._serial.in_waiting:
                     data += self._serial.read(self._serial.in_waiting)
-            except (serial.SerialException, OSError) as error:
+            except _IO_ERRORS as error:
                 self.close()
                 raise TransportError(f"read from {self.port} failed: {_describe(error)}") from None
             self._last_activity = time.monotonic()
