@@ -41,6 +41,27 @@ _RETRYABLE_CODES = frozenset({ReturnCode.CHKSUM_ERROR, ReturnCode.LCHKSUM_ERROR}
 
 _ALL_MODULES = bytes([payloads.ALL_MODULES])
 
+#: Per-module answers repeat the address ("command value") at this INFO offset.
+_ECHO_OFFSET = {0x42: 1, 0x44: 1, 0x92: 0, 0x93: 0, 0x96: 0}
+#: INFO length of the fixed-size answers (up to 2 extra bytes are tolerated).
+_FIXED_INFO = {0x47: 25, 0x51: 32, 0x92: 10, 0x93: 17, 0x96: 6}
+
+
+def _answers(command: int, info: bytes, address: int, response: Frame) -> bool:
+    """Whether a normal (RTN 00) response from the right address can be the answer to
+    this request. A late answer to an earlier request to the same address (one that timed
+    out) looks the same on the frame level; its INFO gives it away."""
+    if response.cid2 != ReturnCode.NORMAL:
+        return True
+    size = _FIXED_INFO.get(command)
+    if size is not None and not size <= len(response.info) <= size + 2:
+        return False
+    offset = _ECHO_OFFSET.get(command)
+    if offset is not None and info == bytes([address]):
+        return len(response.info) > offset and response.info[offset] == address
+    return True
+
+
 ScanProgress = Callable[[int, Optional[str]], None]
 
 
@@ -138,7 +159,9 @@ class Pylontech:
         with self._lock:
             for attempt in range(attempts):
                 try:
-                    return self._exchange(address, request, timeout or self.timeout)
+                    return self._exchange(
+                        address, request, timeout or self.timeout, (command, info)
+                    )
                 except PylontechError as error:
                     self.stats.failures[error.reason] += 1
                     final = attempt + 1 == attempts or not _worth_retrying(error)
@@ -153,7 +176,13 @@ class Pylontech:
                         raise
         raise AssertionError("unreachable")
 
-    def _exchange(self, address: int, request: bytes, timeout: float) -> Frame:
+    def _exchange(
+        self,
+        address: int,
+        request: bytes,
+        timeout: float,
+        sent: tuple[int, bytes] | None = None,
+    ) -> Frame:
         deadline = time.monotonic() + timeout
         limit = getattr(self._local, "deadline", None)
         if limit is not None:
@@ -162,8 +191,11 @@ class Pylontech:
         self.transport.send(request)
         while True:
             response = decode_frame(self.transport.read_frame(deadline))
-            if response.address == address:
+            if response.address == address and (sent is None or _answers(*sent, address, response)):
                 break
+            if response.address == address:
+                log.debug("ignoring a late answer to an earlier request to 0x%02X", address)
+                continue
             # A late answer to an earlier request, or another master's traffic.
             log.debug(
                 "ignoring a frame from 0x%02X while waiting for 0x%02X", response.address, address
