@@ -230,6 +230,13 @@ def build_parser(command: str | None = None) -> Parser:
             help="address to listen on; :PORT for all interfaces (default %(default)s)",
         )
         web.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            metavar="FILE",
+            help="YAML file (exporter-toolkit format) enabling TLS, client certificates, "
+            "basic auth and response headers",
+        )
+        web.add_argument(
             "--web.telemetry-path",
             dest="web_telemetry_path",
             default="/metrics",
@@ -372,7 +379,32 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Config, bool]]:
 # --- serve ---------------------------------------------------------------------------------
 
 
-def serve(args: argparse.Namespace) -> int:
+def load_web(args: argparse.Namespace) -> Any:
+    """The checked ``--web.config.file`` (a default WebConfig without one); exits 2."""
+    from .webconfig import WebConfig, load_web_config
+
+    if not args.web_config_file:
+        return WebConfig()
+    try:
+        return load_web_config(args.web_config_file)
+    except ConfigError as error:
+        fail(str(error))
+
+
+def build_server(
+    config: Config,
+    *,
+    address: tuple[str, int],
+    telemetry_path: str = "/metrics",
+    cache_ttl: float = 5.0,
+    timeout_offset: float = 0.5,
+    exporter_metrics: bool = True,
+    simulated: bool = False,
+    web_config: Any = None,
+    **server_options: Any,
+) -> tuple[Any, Any]:
+    """The exporter for ``config``: (ExporterServer, Poller), not yet serving. Raises
+    OSError when the address cannot be listened on."""
     from prometheus_client.gc_collector import GCCollector
     from prometheus_client.platform_collector import PlatformCollector
     from prometheus_client.process_collector import ProcessCollector
@@ -382,7 +414,36 @@ def serve(args: argparse.Namespace) -> int:
     from .cache import SnapshotCache
     from .collector import PylontechCollector
     from .poller import Poller
-    from .server import ExporterServer, parse_listen_address
+    from .server import ExporterServer
+
+    poller = Poller(config.banks)
+    cache = SnapshotCache(poller.read, poller.unread, cache_ttl)
+    registry = CollectorRegistry()
+    registry.register(PylontechCollector(cache.get, cache_ttl))
+    if exporter_metrics:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    try:
+        server = ExporterServer(
+            address,
+            registry=registry,
+            landing=lambda: landing.render(
+                config.banks, cache.last, telemetry_path=telemetry_path, simulated=simulated
+            ),
+            telemetry_path=telemetry_path,
+            timeout_offset=timeout_offset,
+            web_config=web_config,
+            **server_options,
+        )
+    except BaseException:
+        poller.close()
+        raise
+    return server, poller
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .server import parse_listen_address
 
     try:
         address = parse_listen_address(args.web_listen_address)
@@ -394,6 +455,7 @@ def serve(args: argparse.Namespace) -> int:
             f"--web.telemetry-path {path!r}: must start with / and not be / itself (the "
             "landing page), e.g. /metrics"
         )
+    web_config = load_web(args)
     with open_source(args) as (config, simulated):
         if args.config_check:
             print(
@@ -402,25 +464,19 @@ def serve(args: argparse.Namespace) -> int:
                     f"{b.name} ({b.port} group {b.group}, {b.serial.baudrate} baud)"
                     for b in config.banks
                 )
+                + (f"; {args.web_config_file}: ok" if args.web_config_file else "")
             )
             return 0
-        poller = Poller(config.banks)
-        cache = SnapshotCache(poller.read, poller.unread, args.cache_ttl)
-        registry = CollectorRegistry()
-        registry.register(PylontechCollector(cache.get, args.cache_ttl))
-        if not args.web_disable_exporter_metrics:
-            ProcessCollector(registry=registry)
-            PlatformCollector(registry=registry)
-            GCCollector(registry=registry)
         try:
-            server = ExporterServer(
-                address,
-                registry=registry,
-                landing=lambda: landing.render(
-                    config.banks, cache.last, telemetry_path=path, simulated=simulated
-                ),
+            server, poller = build_server(
+                config,
+                address=address,
                 telemetry_path=path,
+                cache_ttl=args.cache_ttl,
                 timeout_offset=args.scrape_timeout_offset,
+                exporter_metrics=not args.web_disable_exporter_metrics,
+                simulated=simulated,
+                web_config=web_config,
             )
         except OSError as error:
             fail(
@@ -444,6 +500,8 @@ def serve(args: argparse.Namespace) -> int:
                 path=path,
                 version=__version__,
                 simulated=simulated,
+                tls=server.ssl_context is not None,
+                auth=server.auth is not None,
                 banks=",".join(f"{b.name}@{b.port}/{b.group}" for b in config.banks),
             ),
         )

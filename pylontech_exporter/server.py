@@ -1,16 +1,30 @@
 """The HTTP side: ``/metrics`` (text or OpenMetrics, gzip when asked), a landing page at
 ``/``, 404 elsewhere. Stdlib ThreadingHTTPServer plus prometheus_client's encoders.
+
+Hardening: one thread per connection, so a slow client holds only its own thread; the
+request line and headers must arrive within ``request_timeout`` seconds (a client that
+connects and sends nothing, or a byte a second, is cut off), an idle keep-alive connection
+is closed after ``idle_timeout``; only GET and HEAD (anything else: 405 with ``Allow``);
+oversized request lines and headers are refused by http.server (414, 431). With a
+:class:`~pylontech_exporter.webconfig.WebConfig`: TLS (the handshake runs in the
+connection's thread, bounded by ``request_timeout``), client certificates, basic auth
+on every path, extra response headers. Nothing in a request selects what is read: the
+banks come from the configuration only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import logging
 import socket
+import socketserver
+import ssl
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder
@@ -18,10 +32,19 @@ from prometheus_client.registry import CollectorRegistry
 
 from .collector import DEFAULT_SCRAPE_TIMEOUT, scrape_deadline
 from .logging_setup import kv
+from .webconfig import WebConfig, allowed_san
 
 log = logging.getLogger(__name__)
 
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+#: Seconds a client has to send a request line and its headers (and to finish the TLS
+#: handshake) on a new connection.
+REQUEST_TIMEOUT = 10.0
+#: Seconds an idle keep-alive connection may wait for its next request.
+IDLE_TIMEOUT = 60.0
+#: Seconds one send to a client may block (a client that does not read).
+WRITE_TIMEOUT = 30.0
+ALLOWED_METHODS = ("GET", "HEAD")
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -61,6 +84,8 @@ class ExporterServer(ThreadingHTTPServer):
     """Carries what the handler needs."""
 
     daemon_threads = True
+    #: Do not wait for slow clients' threads when closing.
+    block_on_close = False
     allow_reuse_address = True
     #: Room for many scrapes arriving at once (the default, 5, drops connections).
     request_queue_size = 128
@@ -73,6 +98,10 @@ class ExporterServer(ThreadingHTTPServer):
         landing: Callable[[], str],
         telemetry_path: str = "/metrics",
         timeout_offset: float = 0.5,
+        web_config: WebConfig | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         host, port = address
         if host == "":
@@ -87,6 +116,12 @@ class ExporterServer(ThreadingHTTPServer):
         self.landing = landing
         self.telemetry_path = telemetry_path
         self.timeout_offset = timeout_offset
+        self.web_config = web_config or WebConfig()
+        self.ssl_context = self.web_config.ssl_context()
+        self.auth = self.web_config.auth
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
         try:
             super().__init__((host, port), Handler)
         except OSError:
@@ -101,9 +136,48 @@ class ExporterServer(ThreadingHTTPServer):
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
+    def get_request(self) -> tuple[Any, Any]:
+        connection, client = self.socket.accept()
+        if self.ssl_context is not None:
+            # The handshake happens in the connection's own thread (Handler.setup), so a
+            # client that never finishes it blocks nobody.
+            connection = self.ssl_context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, client
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or sent garbage is not the exporter's problem: log it
+        at debug level instead of printing a traceback."""
+        log.debug("connection failed", exc_info=True, extra=kv(client=client_address[0]))
+
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that fail once ``deadline`` (time.monotonic()) has passed, however
+    slowly the bytes trickle in."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request not received in time")
+            self.connection.settimeout(remaining)
+        return self.connection.recv_into(buffer)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -111,15 +185,104 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "pylontech-exporter"
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.connection = self.request
+        self._usable = True
+        self._requests = 0
+        if isinstance(self.connection, ssl.SSLSocket):
+            self._usable = self._handshake(self.connection)
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+        self.wfile = socketserver._SocketWriter(self.connection)  # type: ignore[attr-defined]
+
+    def _handshake(self, connection: ssl.SSLSocket) -> bool:
+        connection.settimeout(self.server.request_timeout)
+        try:
+            connection.do_handshake()
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake failed", extra=kv(client=self.client_address[0], err=error))
+            return False
+        tls = self.server.web_config.tls
+        if tls is not None and not allowed_san(connection.getpeercert(), tls.client_allowed_sans):
+            log.debug("client certificate SAN not allowed", extra=kv(client=self.client_address[0]))
+            return False
+        return True
+
+    def handle(self) -> None:
+        if self._usable:
+            super().handle()
+
+    def handle_one_request(self) -> None:
+        """http.server's, with a deadline on the request line and headers, and 405 for
+        methods other than GET and HEAD."""
+        first = self._requests == 0
+        self._requests += 1
+        wait = self.server.request_timeout if first else self.server.idle_timeout
+        self._reader.deadline = time.monotonic() + wait
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+            self._reader.deadline = None
+            self.connection.settimeout(self.server.write_timeout)
+            if self.command not in ALLOWED_METHODS:
+                self._not_allowed()
+                return
+            if self.command == "HEAD":
+                self.do_HEAD()
+            else:
+                self.do_GET()
+            self.wfile.flush()
+        except (TimeoutError, socket.timeout) as error:
+            log.debug("request timed out", extra=kv(client=self.client_address[0], err=error))
+            self.close_connection = True
+        except (ConnectionError, ssl.SSLError) as error:
+            log.debug("connection lost", extra=kv(client=self.client_address[0], err=error))
+            self.close_connection = True
+
+    def end_headers(self) -> None:
+        for name, value in self.server.web_config.headers.items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def _not_allowed(self) -> None:
+        content = f"405 method not allowed: {self.command}; use GET or HEAD\n".encode()
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", ", ".join(ALLOWED_METHODS))
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(content)))
+        self.send_header("Connection", "close")  # a body we did not read may follow
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(content)
+
     def do_GET(self) -> None:
         self._serve(body=True)
 
     def do_HEAD(self) -> None:
         self._serve(body=False)
 
+    def _authorized(self) -> bool:
+        auth = self.server.auth
+        return auth is None or auth.check(self.headers.get("Authorization")) is not None
+
     def _serve(self, *, body: bool) -> None:
         url = urlsplit(self.path)
-        if url.path == self.server.telemetry_path:
+        if not self._authorized():
+            status = 401
+            headers = [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Basic realm="pylontech-exporter", charset="UTF-8"'),
+            ]
+            content = b"401 unauthorized\n"
+        elif url.path == self.server.telemetry_path:
             status, headers, content = self._metrics(parse_qs(url.query))
         elif url.path == "/":
             content = self.server.landing().encode("utf-8")

@@ -37,6 +37,7 @@ FLAGS = [
     (None, ["--simulate.modules", "5"], "simulate_modules", 5, "5"),
     (None, ["--config.check"], "config_check", True, "1"),
     (None, ["--web.listen-address", ":9999"], "web_listen_address", ":9999", ":9999"),
+    (None, ["--web.config.file", "w.yml"], "web_config_file", "w.yml", "w.yml"),
     (None, ["--web.telemetry-path", "/m"], "web_telemetry_path", "/m", "/m"),
     (None, ["--web.disable-exporter-metrics"], "web_disable_exporter_metrics", True, "yes"),
     (None, ["--cache.ttl", "0"], "cache_ttl", 0.0, "0"),
