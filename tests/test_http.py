@@ -1,0 +1,159 @@
+"""The HTTP server under bad and slow clients: only GET and HEAD, 404 elsewhere, oversized
+and malformed requests refused without disturbing other scrapes, slow clients cut off
+without blocking anybody."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+
+import pytest
+from test_exporter_support import frozen_stack, key
+from test_reliability_support import InProcessExporter, bank, resources
+
+from pylontech_exporter.simulator.serve import TcpSimulator
+
+
+@pytest.fixture(scope="module")
+def exporter():
+    stack = frozen_stack(modules=2, model="US3000C")
+    with (
+        TcpSimulator(stack, latency=0) as tcp,
+        InProcessExporter(bank(tcp.url), cache_ttl=0, request_timeout=0.8, idle_timeout=1.0) as e,
+    ):
+        yield e
+
+
+def raw(exporter: InProcessExporter, data: bytes, timeout: float = 5) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", exporter.server.port), timeout=timeout) as conn:
+        conn.sendall(data)
+        answer = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_get_and_head_only(exporter):
+    assert exporter.get("/metrics")[0] == 200
+    status, _, body = exporter.get("/metrics", method="HEAD")
+    assert status == 200 and body == b""
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "BREW"):
+        status, headers, body = exporter.get("/metrics", method=method)
+        assert status == 405, method
+        assert headers["Allow"] == "GET, HEAD"
+        assert b"use GET or HEAD" in body
+
+
+def test_a_post_body_is_not_read_as_the_next_request(exporter):
+    answer = raw(
+        exporter,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\n"
+        b"GET /metrics HTTP/1.1\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert answer.count(b"HTTP/1.1") == 1  # the body was not served as a second request
+
+
+def test_unknown_paths_are_404(exporter):
+    for path in ("/nope", "/metrics/", "/metricsx", "/../etc/passwd", "/%00", "/index.html"):
+        assert exporter.get(path)[0] == 404, path
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", b"400"),
+        (b"GET /metrics HTTP/9.9\r\n\r\n", b"505"),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
+        (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+        (b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", b"431"),
+    ],
+    ids=["garbage", "tls-hello", "version", "long-line", "huge-header", "many-headers"],
+)
+def test_malformed_requests_are_refused_and_others_still_served(exporter, request_bytes, status):
+    results = []
+
+    def scrape() -> None:
+        results.append(exporter.scrape()[key("pylontech_up", bank="0")])
+
+    threads = [threading.Thread(target=scrape) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    answer = raw(exporter, request_bytes)
+    for thread in threads:
+        thread.join(10)
+    # A request line http.server cannot parse gets an HTTP/0.9-style answer (no status
+    # line), the error page naming the status.
+    assert answer.startswith(b"HTTP/1.1 " + status) or b"Error code: " + status in answer, answer[
+        :80
+    ]
+    assert results == [1.0, 1.0, 1.0]
+
+
+def test_slow_clients_do_not_block_others_and_are_cut_off(exporter):
+    port = exporter.server.port
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    dripper = socket.create_connection(("127.0.0.1", port))
+    stop = threading.Event()
+    dripped = []
+
+    def drip() -> None:  # slowloris: a valid request, one byte every 0.1 s, never finished
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 1000:
+            if stop.is_set():
+                return
+            try:
+                dripper.sendall(bytes([byte]))
+            except OSError:
+                dripped.append("closed by the server")
+                return
+            time.sleep(0.1)
+
+    dripping = threading.Thread(target=drip)
+    dripping.start()
+    try:
+        started = time.monotonic()
+        for _ in range(5):  # scrapes are served meanwhile, at normal speed
+            status, _, _ = exporter.get("/metrics", timeout=5)
+            assert status == 200
+        assert time.monotonic() - started < 3
+        # Past request_timeout (0.8 s) the server hangs up on all of them.
+        for conn in silent:
+            conn.settimeout(3)
+            assert conn.recv(100) == b"", "an idle connection was not closed"
+        dripping.join(5)
+        assert dripped == ["closed by the server"]
+        assert time.monotonic() - started < 4
+    finally:
+        stop.set()
+        dripping.join(5)
+        for conn in [*silent, dripper]:
+            conn.close()
+
+
+def test_idle_keep_alive_connection_is_closed_and_threads_come_back(exporter):
+    time.sleep(1.2)  # connections of earlier tests are gone
+    before = resources()["threads"]
+    conn = http.client.HTTPConnection("127.0.0.1", exporter.server.port, timeout=5)
+    for _ in range(3):  # keep-alive: one connection, several scrapes
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        response.read()
+    sock = conn.sock
+    assert sock is not None
+    assert sock.recv(1) == b""  # closed by the server after idle_timeout (1 s)
+    conn.close()
+    for _ in range(30):
+        raw(exporter, b"JUNK\r\n\r\n")
+    time.sleep(0.3)
+    assert resources()["threads"] <= before
