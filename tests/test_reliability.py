@@ -45,7 +45,7 @@ FAULTS = [
     ("lenid", {}, "frame", False),
     ("wrong_address", {}, "timeout", False),
     ("drop", {}, "timeout", False),
-    ("delay", {"seconds": 0.15}, "timeout", False),
+    ("delay", {"seconds": 0.3}, "timeout", False),  # longer than both tries
     *[("rtn", {"code": code}, "return_code", False) for code in RETURN_CODES],
 ]
 
@@ -98,7 +98,7 @@ def stack():
 def test_fault_on_the_master(stack, kind, options, reason, master_up):
     with (
         TcpSimulator(stack, latency=0) as tcp,
-        InProcessExporter(bank(tcp.url, timeout=0.06)) as exporter,
+        InProcessExporter(bank(tcp.url, timeout=0.08)) as exporter,
     ):
         before = exporter.scrape()
         assert_readings_equal(readings(before), expected_readings(stack, "0", 0))
