@@ -4,6 +4,8 @@ client written against the same spec."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from pylontech_exporter import Pylontech
@@ -23,18 +25,21 @@ def link(tmp_path):
         yield str(server.link)
 
 
+@contextlib.contextmanager
 def open_theirs(link: str):
     theirs = peer.Pylontech(link, 115200)
     theirs.s.timeout = 0.3  # it reads with readline(), which waits for a LF that never comes
-    return theirs
+    try:
+        yield theirs
+    finally:
+        theirs.s.close()
 
 
 def test_python_pylontech_reads_the_same_values(link):
     with Pylontech(link) as ours:
         expected = ours.get_values(0)
-    theirs = open_theirs(link)
-    got = theirs.get_values()
-    theirs.s.close()
+    with open_theirs(link) as theirs:
+        got = theirs.get_values()
     assert got.NumberOfModules == 3
     for module, reference in zip(got.Module, expected.modules):
         assert list(module.CellVoltages) == list(reference.cell_voltages)
@@ -54,17 +59,16 @@ def test_python_pylontech_reads_the_same_module_details(link, capsys):
         serial = ours.get_module_serial_number(0x03)
         management = ours.get_management_info(0x02)
         parameters = ours.get_system_parameters(0x02)
-    theirs = open_theirs(link)
-    assert list(theirs.get_values_single(0x03).CellVoltages) == list(single.cell_voltages)
-    assert theirs.get_module_serial_number(0x03).ModuleSerialNumber.decode() == (
-        serial.serial_number
-    )
-    theirs_management = theirs.get_management_info(0x02)  # prints its frames
+    with open_theirs(link) as theirs:
+        assert list(theirs.get_values_single(0x03).CellVoltages) == list(single.cell_voltages)
+        assert theirs.get_module_serial_number(0x03).ModuleSerialNumber.decode() == (
+            serial.serial_number
+        )
+        theirs_management = theirs.get_management_info(0x02)  # prints its frames
+        theirs_parameters = theirs.get_system_parameters(0x02)
     assert theirs_management.ChargeVoltageLimit == management.charge_voltage_limit
     assert theirs_management.DischargeCurrentLimit == management.discharge_current_limit
     assert theirs_management.status.ChargeEnable == management.charge_enable
-    theirs_parameters = theirs.get_system_parameters(0x02)
     assert theirs_parameters.CellHighVoltageLimit == parameters.cell_high_voltage_limit
     assert theirs_parameters.ModuleUnderVoltageLimit == parameters.module_under_voltage_limit
     assert theirs_parameters.ChargeCurrentLimit == parameters.charge_current_limit
-    theirs.s.close()
