@@ -1,5 +1,7 @@
 """Typed, read-only library and Prometheus exporter for Pylontech low-voltage batteries.
 
+Example::
+
     from pylontech_exporter import Pylontech
 
     with Pylontech("/dev/ttyUSB0") as bus:
