@@ -210,6 +210,21 @@ def banks_from_flags(
     return Config(banks=check_banks(banks, "command line"))
 
 
+def read_yaml(path: str, what: str) -> Any:
+    """The YAML document in ``path``; ConfigError (one line, with the line number of a
+    syntax error) when it cannot be read or parsed."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return yaml.safe_load(stream)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read {what}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+
+
 def load_config(
     path: str,
     *,
@@ -219,16 +234,7 @@ def load_config(
 ) -> Config:
     """Read and check a YAML config file. The keyword arguments are the defaults for
     banks that leave the setting out (the values of the ``--serial.*`` flags)."""
-    try:
-        with open(path, encoding="utf-8") as stream:
-            document = yaml.safe_load(stream)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    document = read_yaml(path, "config file")
     return parse_config(document, path, baudrate=baudrate, timeout=timeout, command_gap=command_gap)
 
 

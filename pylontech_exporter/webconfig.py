@@ -39,9 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -238,16 +236,7 @@ class BasicAuth:
 
 def load_web_config(path: str) -> WebConfig:
     """Read and check a web config file; ConfigError (one line) when it is wrong."""
-    try:
-        with open(path, encoding="utf-8") as stream:
-            document = yaml.safe_load(stream)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read web config file: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    document = read_yaml(path, "web config file")
     config = parse_web_config(document, path)
     config.ssl_context()  # certificates and keys must load now, not at the first scrape
     return config
