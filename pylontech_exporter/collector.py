@@ -10,6 +10,7 @@ exports ``pylontech_up 0`` and its counters. No sample carries a timestamp.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import platform
 import threading
 import time
@@ -21,7 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from . import __version__
-from .models import AlarmState, ModuleAlarms
+from .models import AlarmState, ModuleAlarms, ModuleStatus, Protections
 from .poller import FAILURE_REASONS, BankReading, ModuleReading, Snapshot
 
 #: Deadline (time.monotonic()) of the scrape being served on this thread.
@@ -37,26 +38,9 @@ STATES = {
     AlarmState.HIGH: "high",
     AlarmState.FAULT: "fault",
 }
-PROTECTIONS = (
-    "module_under_voltage",
-    "charge_over_temperature",
-    "discharge_over_temperature",
-    "discharge_over_current",
-    "charge_over_current",
-    "cell_under_voltage",
-    "module_over_voltage",
-)
-STATUS_FLAGS = (
-    "using_battery_power",
-    "discharge_mosfet_on",
-    "charge_mosfet_on",
-    "pre_mosfet_on",
-    "effective_charge_current",
-    "effective_discharge_current",
-    "heater_on",
-    "fully_charged",
-    "buzzer_on",
-)
+#: Label values of the Status 1-3 flags: the field names of the typed readings.
+PROTECTIONS = tuple(field.name for field in dataclasses.fields(Protections))
+STATUS_FLAGS = tuple(field.name for field in dataclasses.fields(ModuleStatus))
 CHARGE_REQUESTS = {
     "charge_immediately_1": "charge_immediately_1",
     "charge_immediately_2": "charge_immediately_2",
