@@ -183,14 +183,13 @@ class Pylontech:
         timeout: float,
         sent: tuple[int, bytes] | None = None,
     ) -> Frame:
-        deadline = time.monotonic() + timeout
         limit = getattr(self._local, "deadline", None)
-        if limit is not None:
-            deadline = min(deadline, limit)
+        if limit is None:  # bound a bus that keeps talking: one answer, however long
+            limit = time.monotonic() + timeout + self.transport.longest_frame_seconds
         self.stats.requests += 1
         self.transport.send(request)
         while True:
-            response = decode_frame(self.transport.read_frame(deadline))
+            response = decode_frame(self.transport.read_frame(timeout, limit))
             if response.address == address and (sent is None or _answers(*sent, address, response)):
                 break
             if response.address == address:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import re
 import time
 from collections import deque
 
 import serial
 
-from .codec.stream import FrameSplitter
+from .codec.stream import MAX_FRAME_BYTES, FrameSplitter
 from .errors import ResponseTimeout, TransportError
 
 try:
@@ -112,13 +113,24 @@ class SerialTransport:
             raise TransportError(f"write to {self.port} failed: {_describe(error)}") from None
         self._last_activity = time.monotonic()
 
-    def read_frame(self, deadline: float) -> bytes:
-        """The next candidate frame (``~`` .. CR) received before ``deadline``
-        (a :func:`time.monotonic` value). Raises :class:`ResponseTimeout`."""
+    @property
+    def longest_frame_seconds(self) -> float:
+        """Time the longest possible frame takes on the wire at this baud rate."""
+        return MAX_FRAME_BYTES * 10 / self.baudrate
+
+    def read_frame(self, timeout: float, limit: float = math.inf) -> bytes:
+        """The next candidate frame (``~`` .. CR).
+
+        Raises :class:`ResponseTimeout` after ``timeout`` seconds without a byte, or at
+        ``limit`` (a :func:`time.monotonic` value) at the latest. The timeout bounds
+        silence, not the whole answer: a 16-module answer takes two seconds to arrive at
+        9600 baud, and it is not late while its bytes keep coming.
+        """
         self.open()
         assert self._serial is not None
+        quiet_until = min(time.monotonic() + timeout, limit)
         while not self._pending:
-            remaining = deadline - time.monotonic()
+            remaining = quiet_until - time.monotonic()
             if remaining <= 0:
                 raise ResponseTimeout(f"no complete response from {self.port} in time")
             try:
@@ -129,8 +141,10 @@ class SerialTransport:
             except _IO_ERRORS as error:
                 self.close()
                 raise TransportError(f"read from {self.port} failed: {_describe(error)}") from None
-            self._last_activity = time.monotonic()
-            self._pending.extend(self._splitter.feed(data))
+            if data:
+                self._last_activity = time.monotonic()
+                quiet_until = min(self._last_activity + timeout, limit)
+                self._pending.extend(self._splitter.feed(data))
         return self._pending.popleft()
 
 

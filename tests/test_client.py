@@ -76,6 +76,22 @@ def test_second_group_on_a_shared_bus(tmp_path):
         assert [m.address for m in bus.get_values(0).modules] == [0x02, 0x03]
 
 
+def test_a_long_bank_answer_at_9600_baud_outlasts_the_timeout(tmp_path):
+    # 8 modules of 16 cells: about 1,100 bytes, 1.2 s on the wire at 9600 baud, while
+    # the first byte comes within the 0.3 s timeout.
+    stack = BatteryStack(modules=8, model="US5000-16S", seed=2)
+    stack.freeze()
+    link = tmp_path / "battery"
+    with (
+        PtySimulator(stack, link, baudrate=9600, latency=0),
+        Pylontech(str(link), 9600, timeout=0.3, retries=0) as bus,
+    ):
+        started = time.monotonic()
+        group = bus.get_values_bank(0)
+        assert time.monotonic() - started > 1.0
+    assert list(group.modules) == [m.values() for m in stack.modules]
+
+
 def test_firmware_ignoring_the_bank_query_falls_back_to_module_reads():
     stack = BatteryStack(modules=3, seed=5, bank_query_supported=False)
     stack.freeze()
