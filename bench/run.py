@@ -107,9 +107,7 @@ def simulated(modules: int, groups: int, *, lenient: bool = False) -> Iterator[t
 
 
 def banks_of(line: Line, link: str, baud: int) -> list[BankConfig]:
-    # The default --serial.timeout (1 s) is shorter than a bank-wide answer of 16 modules
-    # at 9600 baud (2038 bytes: 2.1 s); see docs/benchmarks.md.
-    serial = SerialSettings(port=link, baudrate=baud, timeout=5.0)
+    serial = SerialSettings(port=link, baudrate=baud)
     return [BankConfig(name=str(g), serial=serial, group=g) for g in line.stack.groups]
 
 
