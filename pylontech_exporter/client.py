@@ -42,9 +42,21 @@ _RETRYABLE_CODES = frozenset({ReturnCode.CHKSUM_ERROR, ReturnCode.LCHKSUM_ERROR}
 _ALL_MODULES = bytes([payloads.ALL_MODULES])
 
 #: Per-module answers repeat the address ("command value") at this INFO offset.
-_ECHO_OFFSET = {0x42: 1, 0x44: 1, 0x92: 0, 0x93: 0, 0x96: 0}
+_ECHO_OFFSET = {
+    Command.ANALOG_VALUES: 1,  # after the INFOFLAG
+    Command.ALARM_INFO: 1,
+    Command.MANAGEMENT_INFO: 0,
+    Command.SERIAL_NUMBER: 0,
+    Command.SOFTWARE_VERSION: 0,
+}
 #: INFO length of the fixed-size answers (up to 2 extra bytes are tolerated).
-_FIXED_INFO = {0x47: 25, 0x51: 32, 0x92: 10, 0x93: 17, 0x96: 6}
+_FIXED_INFO = {
+    Command.SYSTEM_PARAMETERS: payloads.SYSTEM_PARAMETERS_INFO.struct.sizeof(),
+    Command.MANUFACTURER_INFO: payloads.MANUFACTURER.struct.sizeof(),
+    Command.MANAGEMENT_INFO: payloads.MANAGEMENT.struct.sizeof(),
+    Command.SERIAL_NUMBER: payloads.SERIAL.struct.sizeof(),
+    Command.SOFTWARE_VERSION: payloads.SOFTWARE.struct.sizeof(),
+}
 
 
 def _answers(command: int, info: bytes, address: int, response: Frame) -> bool:
@@ -157,31 +169,26 @@ class Pylontech:
             raise ResponseTimeout("deadline passed before the request was sent")
         attempts = 1 + (self.retries if retries is None else retries)
         with self._lock:
-            for attempt in range(attempts):
+            attempt = 1
+            while True:
                 try:
-                    return self._exchange(
-                        address, request, timeout or self.timeout, (command, info)
-                    )
+                    return self._exchange(address, command, info, request, timeout or self.timeout)
                 except PylontechError as error:
                     self.stats.failures[error.reason] += 1
-                    final = attempt + 1 == attempts or not _worth_retrying(error)
+                    retry = attempt < attempts and _worth_retrying(error)
                     log.debug(
                         "0x%02X to 0x%02X failed (%s)%s",
                         command,
                         address,
                         error,
-                        "" if final else ", retrying",
+                        ", retrying" if retry else "",
                     )
-                    if final:
+                    if not retry:
                         raise
-        raise AssertionError("unreachable")
+                    attempt += 1
 
     def _exchange(
-        self,
-        address: int,
-        request: bytes,
-        timeout: float,
-        sent: tuple[int, bytes] | None = None,
+        self, address: int, command: int, info: bytes, request: bytes, timeout: float
     ) -> Frame:
         limit = getattr(self._local, "deadline", None)
         if limit is None:  # bound a bus that keeps talking: one answer, however long
@@ -190,7 +197,7 @@ class Pylontech:
         self.transport.send(request)
         while True:
             response = decode_frame(self.transport.read_frame(timeout, limit))
-            if response.address == address and (sent is None or _answers(*sent, address, response)):
+            if response.address == address and _answers(command, info, address, response):
                 break
             if response.address == address:
                 log.debug("ignoring a late answer to an earlier request to 0x%02X", address)
