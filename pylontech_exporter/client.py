@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .codec import payloads
-from .codec.frame import Command, Frame, ReturnCode, decode_frame, encode_request
-from .errors import PylontechError, ResponseError, ResponseTimeout, TransportError
+from .codec.frame import READ_COMMANDS, Command, Frame, ReturnCode, decode_frame, encode_request
+from .errors import FrameError, PylontechError, ResponseError, ResponseTimeout, TransportError
 from .models import (
     MAX_MODULES_PER_GROUP,
     GroupValues,
@@ -90,9 +90,9 @@ class Pylontech:
 
     ``port`` is any pyserial URL: ``/dev/ttyUSB0``, ``socket://192.168.1.20:8899``,
     ``rfc2217://...``. The port opens on the first request and reopens by itself after a
-    failure. ``timeout`` bounds each response; ``command_gap`` is the minimum pause
-    between commands some manuals ask for; ``retries`` is how often a request that got
-    no valid answer is repeated.
+    failure. ``timeout`` is how long a response may stay silent; ``command_gap`` is the
+    minimum pause between commands some manuals ask for; ``retries`` is how often a
+    request that got no valid answer is repeated.
     """
 
     def __init__(
@@ -164,15 +164,16 @@ class Pylontech:
         cannot be used.
         """
         request = encode_request(address, command, info)
-        limit = getattr(self._local, "deadline", None)
-        if limit is not None and limit <= time.monotonic():
-            raise ResponseTimeout("deadline passed before the request was sent")
         attempts = 1 + (self.retries if retries is None else retries)
+        wait = self.timeout if timeout is None else timeout
         with self._lock:
             attempt = 1
             while True:
+                limit = getattr(self._local, "deadline", None)
+                if limit is not None and limit <= time.monotonic():
+                    raise ResponseTimeout("deadline passed before the request was sent")
                 try:
-                    return self._exchange(address, command, info, request, timeout or self.timeout)
+                    return self._exchange(address, command, info, request, wait)
                 except PylontechError as error:
                     self.stats.failures[error.reason] += 1
                     retry = attempt < attempts and _worth_retrying(error)
@@ -197,6 +198,11 @@ class Pylontech:
         self.transport.send(request)
         while True:
             response = decode_frame(self.transport.read_frame(timeout, limit))
+            if response.cid2 in READ_COMMANDS:
+                # A request, not an answer: our own echoed by a 2-wire adapter, or another
+                # master's.
+                log.debug("ignoring a request frame to 0x%02X", response.address)
+                continue
             if response.address == address and _answers(command, info, address, response):
                 break
             if response.address == address:
@@ -221,29 +227,30 @@ class Pylontech:
         """Analog values of every module of ``group`` in one bank-wide query (0x42, FF).
 
         Raises :class:`PylontechError` when the firmware does not answer it."""
-        frame = self.request(
-            master_address(group), Command.ANALOG_VALUES, bytes([payloads.ALL_MODULES])
-        )
+        frame = self.request(master_address(group), Command.ANALOG_VALUES, _ALL_MODULES)
         return GroupValues(group, tuple(payloads.ANALOG_VALUES_BANK.parse(frame.info, group)))
 
     def get_values(self, group: int = 0) -> GroupValues:
         """Analog values of every module of ``group``: bank-wide when the firmware
-        answers it, else module by module (the modules found by :meth:`discover`)."""
-        if self._bank_query.get(group, True):
+        answers it, else module by module (the modules found by :meth:`discover`).
+
+        A bank-wide answer lists the modules by position, not by address: when it holds
+        fewer modules than discovery found, which one is missing is unknown, so the
+        modules are read one by one instead."""
+        if self._bank_query.get(group) is not False:
             try:
                 values = self.get_values_bank(group)
             except TransportError:
                 raise
             except PylontechError as error:
-                log.info(
-                    "group %d ignores the bank-wide query (%s); reading module by module",
-                    group,
-                    error,
-                )
-                self._bank_query[group] = False
+                if group not in self._bank_query:  # never answered: the firmware ignores FF
+                    log.info("group %d ignores the bank-wide query (%s)", group, error)
+                    self._bank_query[group] = False
             else:
                 self._bank_query[group] = True
-                return values
+                known = self._addresses.get(group)
+                if not known or len(values.modules) >= len(known):
+                    return values
         addresses = self._addresses.get(group) or self.discover(group)
         return GroupValues(group, tuple(self.get_values_single(a) for a in addresses))
 
@@ -254,9 +261,7 @@ class Pylontech:
 
     def get_alarm_info_bank(self, group: int = 0) -> list[ModuleAlarms]:
         """Alarm info of every module of ``group`` in one bank-wide query (0x44, FF)."""
-        frame = self.request(
-            master_address(group), Command.ALARM_INFO, bytes([payloads.ALL_MODULES])
-        )
+        frame = self.request(master_address(group), Command.ALARM_INFO, _ALL_MODULES)
         return payloads.ALARM_INFO_BANK.parse(frame.info, group)
 
     def get_system_parameters(self, address: int) -> SystemParameters:
@@ -292,8 +297,10 @@ class Pylontech:
 
     def discover(self, group: int = 0, *, timeout: float | None = None) -> list[int]:
         """Addresses of the modules of ``group``: from the master upward until the first
-        address that does not answer. ``timeout`` is the per-address wait (default: the
-        client's timeout, at most 0.5 s)."""
+        address that stays silent (an answer with an error code or a garbled one still
+        means a module is there). ``timeout`` is the wait per try (default: the client's
+        timeout, at most 0.5 s); the silent address that ends the search costs it once
+        per try (1 + retries)."""
         wait = timeout or min(self.timeout, 0.5)
         found = []
         first = master_address(group)
@@ -302,6 +309,8 @@ class Pylontech:
                 self.request(address, Command.SERIAL_NUMBER, bytes([address]), timeout=wait)
             except ResponseTimeout:
                 break
+            except (ResponseError, FrameError):
+                pass
             found.append(address)
         self._addresses[group] = found
         return found

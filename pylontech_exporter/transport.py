@@ -36,6 +36,8 @@ _IO_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError) 
 )
 
 DEFAULT_BAUDRATE = 115200
+#: A write that cannot go out in this time means a wedged adapter.
+WRITE_TIMEOUT = 2.0
 
 
 class SerialTransport:
@@ -78,13 +80,14 @@ class SerialTransport:
                 parity=serial.PARITY_NONE,
                 stopbits=serial.STOPBITS_ONE,
                 timeout=0,
-                write_timeout=2.0,
                 do_not_open=True,
             )
+            if not self.port.startswith("rfc2217://"):  # pyserial's RFC 2217 has none
+                port.write_timeout = WRITE_TIMEOUT
             if local:
                 port.exclusive = True  # two readers on one bus garble each other
             port.open()
-        except (serial.SerialException, OSError, ValueError) as error:
+        except (serial.SerialException, OSError, ValueError, NotImplementedError) as error:
             raise TransportError(f"cannot open {self.port}: {_describe(error)}") from None
         self._serial = port
         log.debug("opened %s at %d baud", self.port, self.baudrate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -145,7 +146,7 @@ def test_junk_and_a_stale_frame_do_not_confuse_the_client(bus, stack):
 
 def test_scan_reports_progress_for_every_address(bus, stack):
     seen = []
-    found = bus.scan_for_batteries(2, 8, timeout=0.05, progress=lambda a, s: seen.append((a, s)))
+    found = bus.scan_for_batteries(2, 8, timeout=0.2, progress=lambda a, s: seen.append((a, s)))
     serials = {m.address: m.serial_number for m in stack.modules}
     assert found == serials
     assert [a for a, _ in seen] == list(range(2, 8))
@@ -158,11 +159,35 @@ def test_deadline_stops_requests_without_touching_the_bus(bus):
     assert bus.stats.requests == 0
 
 
-def test_deadline_caps_the_wait(bus):
+def test_deadline_caps_the_wait_and_stops_retries(bus):
     started = time.monotonic()
     with bus.deadline(started + 0.1), pytest.raises(ResponseTimeout):
         bus.get_values_single(0x09)
-    assert time.monotonic() - started < 0.25
+    assert time.monotonic() - started < 0.5
+    assert bus.stats.requests == 1  # the retry would start after the deadline
+
+
+def test_a_failed_bank_query_that_worked_before_is_tried_again(bus, stack):
+    bus.get_values(0)
+    stack.faults.add("drop", command=0x42, address=0x02, count=2)  # both tries
+    assert list(bus.get_values(0).modules) == [m.values() for m in stack.modules]
+    before = bus.stats.requests
+    bus.get_values(0)
+    assert bus.stats.requests - before == 1  # bank-wide again, not module by module
+
+
+def test_a_bank_answer_missing_a_module_is_not_mislabelled(bus, stack):
+    assert bus.discover(0) == [0x02, 0x03, 0x04]
+    stack.remove_module(0x03)  # the bank answer now lists 0x02 and 0x04 as 2 modules
+    with pytest.raises(ResponseTimeout):
+        bus.get_values(0)  # read one by one: 0x03 is silent
+    stack.restore_module(0x03)
+    assert [m.address for m in bus.get_values(0).modules] == [0x02, 0x03, 0x04]
+
+
+def test_discovery_counts_a_module_that_answers_with_an_error(bus, stack):
+    stack.faults.add("rtn", code=0x91, address=0x03, command=0x93)
+    assert bus.discover(0) == [0x02, 0x03, 0x04]
 
 
 def test_one_request_in_flight_from_many_threads(bus, stack):
@@ -183,6 +208,37 @@ def test_one_request_in_flight_from_many_threads(bus, stack):
     assert errors == []
     assert bus.stats.requests == 30
     assert not bus.stats.failures
+
+
+class EchoingLine:
+    """A line whose adapter echoes every request back before the battery's answer,
+    as 2-wire RS485 adapters with the receiver always enabled do."""
+
+    def __init__(self, stack: BatteryStack) -> None:
+        self.stack = stack
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"socket://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            while data := conn.recv(1024):
+                conn.sendall(data + (self.stack.respond(data) or b""))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_an_echoed_request_is_not_taken_for_the_answer(stack):
+    stack.freeze()
+    line = EchoingLine(stack)
+    with Pylontech(line.url, timeout=0.3) as bus:
+        assert bus.get_values_single(0x03) == stack.module(0x03).values()
+        assert bus.get_management_info(0x02) == stack.module(0x02).management()
+        assert bus.stats.requests == 2
+        assert not bus.stats.failures
+    line.close()
 
 
 def test_invalid_client_settings():

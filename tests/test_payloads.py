@@ -248,9 +248,28 @@ def test_manufacturer_info():
     assert payloads.MANUFACTURER.parse(raw) == ManufacturerInfo("US3000C", "1.2", "PYLON")
 
 
-def test_non_ascii_text_is_a_payload_error():
-    with pytest.raises(PayloadError):
-        payloads.SERIAL.parse(info("02", "FF" * 16))
+def test_text_padded_with_ff_or_holding_odd_bytes_still_reads():
+    assert payloads.SERIAL.parse(info("02", b"PPTAP021".hex(), "FF" * 8)).serial_number == (
+        "PPTAP021"
+    )
+    assert payloads.SERIAL.parse(info("02", "E9" * 16)).serial_number == "\xe9" * 16
+
+
+def test_a_late_analog_answer_does_not_pass_for_alarm_info():
+    # Both carry the address at offset 1. An 8-cell 0x42 INFO even fits the 0x44 layout
+    # (every cell "fault", random protections): only its length gives it away.
+    up2500 = info(
+        "11", "02", "08", "0D05" * 8, "05", "0BAA" * 5, "00FD", "6829", "4E20", "02", "C350", "0007"
+    )
+    with pytest.raises(PayloadError, match="left over"):
+        payloads.ALARM_INFO.parse(up2500)
+
+
+def test_up_to_two_trailing_bytes_are_tolerated():
+    single = info("11", "03", US2000_MODULE)
+    assert payloads.ANALOG_VALUES.parse(single + b"\x00\x00") == US2000_VALUES
+    with pytest.raises(PayloadError, match="3 bytes left over"):
+        payloads.ANALOG_VALUES.parse(single + b"\x00\x00\x00")
 
 
 # -- build-then-parse is the identity -------------------------------------------------

@@ -21,7 +21,7 @@ CID1_BATTERY = 0x46
 #: Version byte this package puts in its requests (the value real batteries echo).
 PROTOCOL_VERSION = 0x20
 MAX_LENID = 0xFFF
-_HEX_ASCII = re.compile(rb"[0-9A-Fa-f]*")
+HEX_ASCII = re.compile(rb"[0-9A-Fa-f]*")
 #: SOI + VER ADR CID1 CID2 LENGTH (12 chars) + CHKSUM (4) + EOI.
 MIN_FRAME_LENGTH = 18
 
@@ -39,7 +39,7 @@ class Command(enum.IntEnum):
     SOFTWARE_VERSION = 0x96
 
 
-_READ_COMMANDS = frozenset(Command)
+READ_COMMANDS = frozenset(Command)
 #: 0x94 sets charge/discharge limits, 0x95 turns a module off. Never sent by this package.
 WRITE_COMMANDS = frozenset({0x94, 0x95})
 
@@ -108,7 +108,7 @@ def encode_request(address: int, command: int, info: bytes = b"") -> bytes:
         raise WriteCommandRefused(
             f"command 0x{command:02X} writes to the battery; this package is read-only"
         )
-    if command not in _READ_COMMANDS:
+    if command not in READ_COMMANDS:
         raise ValueError(f"0x{command:02X} is not a read command of the protocol")
     if not 0 < address < 0xFF:
         raise ValueError(f"address 0x{address:02X} is reserved")
@@ -130,7 +130,7 @@ def decode_frame(raw: bytes) -> Frame:
     if raw[0] != SOI or raw[-1] != EOI:
         raise FrameError(f"frame must start with '~' and end with CR: {raw[:40]!r}")
     body = raw[1:-5]
-    if not _HEX_ASCII.fullmatch(raw, 1, len(raw) - 1):
+    if not HEX_ASCII.fullmatch(raw, 1, len(raw) - 1):
         raise FrameError(f"non hex-ASCII characters in frame: {raw[:40]!r}")
     expected = frame_checksum(body)
     received = _hex_field(raw, len(raw) - 5, 4)

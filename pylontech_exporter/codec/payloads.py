@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Generic, TypeVar
@@ -64,10 +65,11 @@ VERSION = Unit(
 
 
 def text(length: int) -> Unit:
-    """Fixed-width ASCII, padded with NULs or spaces on the wire."""
+    """Fixed-width text, padded with NULs, 0xFF or spaces on the wire. Latin-1, so that
+    an odd byte garbles one character rather than losing the whole reading."""
     return Unit(
-        lambda raw: raw.decode("ascii").rstrip("\x00 "),
-        lambda value: value.encode("ascii")[:length].ljust(length, b"\x00"),
+        lambda raw: raw.decode("latin-1").rstrip("\x00\xff "),
+        lambda value: value.encode("latin-1")[:length].ljust(length, b"\x00"),
     )
 
 
@@ -349,6 +351,20 @@ def _raw_module_alarms(reading: ModuleAlarms) -> dict[str, Any]:
 _DECODE_ERRORS = (c.ConstructError, struct.error, UnicodeError, ValueError, TypeError, KeyError)
 
 
+#: Bytes after the payload that are tolerated: some firmwares append one to 0x44. More
+#: means the INFO is something else (say, a late 0x42 answer read as 0x44).
+MAX_TRAILING_BYTES = 2
+
+
+def _parse_whole(struct: c.Construct, info: bytes) -> Any:
+    stream = io.BytesIO(info)
+    raw = struct.parse_stream(stream)
+    extra = len(info) - stream.tell()
+    if extra > MAX_TRAILING_BYTES:
+        raise ValueError(f"{extra} bytes left over")
+    return raw
+
+
 class Payload(Generic[T]):
     """One declaration, both directions: INFO bytes <-> a typed reading."""
 
@@ -363,10 +379,9 @@ class Payload(Generic[T]):
         self._to_raw = to_raw
 
     def parse(self, info: bytes) -> T:
-        """Decode INFO; trailing bytes are ignored (some firmwares append one).
-        Raises :class:`PayloadError` for INFO that does not decode."""
+        """Decode INFO. Raises :class:`PayloadError` for INFO that does not decode."""
         try:
-            return self._to_reading(self.struct.parse(info))
+            return self._to_reading(_parse_whole(self.struct, info))
         except _DECODE_ERRORS as error:
             raise PayloadError(f"cannot decode INFO {info[:24].hex().upper()}: {error}") from None
 
@@ -426,7 +441,7 @@ class BankPayload(Generic[T]):
         when the module count does not match the data (as from firmwares that ignore FF)."""
         first = master_address(group)
         try:
-            modules = self.struct.parse(info)["modules"]
+            modules = _parse_whole(self.struct, info)["modules"]
             return [self._to_reading(m, first + i) for i, m in enumerate(modules)]
         except _DECODE_ERRORS as error:
             raise PayloadError(f"cannot decode bank-wide response: {error}") from None

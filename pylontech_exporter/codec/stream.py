@@ -7,10 +7,10 @@ whose CR never came is dropped as soon as a new ``~`` starts.
 
 from __future__ import annotations
 
-SOI = b"~"
-EOI = b"\r"
+from .frame import EOI, MAX_LENID, MIN_FRAME_LENGTH, SOI
+
 #: A frame longer than this cannot be valid (LENID is 12 bits); drop it rather than grow.
-MAX_FRAME_BYTES = 18 + 0xFFF
+MAX_FRAME_BYTES = MIN_FRAME_LENGTH + MAX_LENID
 
 
 class FrameSplitter:
@@ -44,6 +44,11 @@ class FrameSplitter:
                 return frames
             frames.append(bytes(self._buffer[: end + 1]))
             del self._buffer[: end + 1]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held while waiting for the rest of a frame."""
+        return len(self._buffer)
 
     def clear(self) -> None:
         self._buffer.clear()

@@ -538,9 +538,10 @@ class BatteryStack:
         """Catch up with the wall clock (no-op unless :meth:`follow_clock` was called)."""
         if self._clock is None:
             return
-        now = self._clock()
-        elapsed, self._clock_last = now - self._clock_last, now
-        self.advance(elapsed * self._clock_speed)
+        with self.lock:  # two servers on one stack must not both advance the same interval
+            now = self._clock()
+            elapsed, self._clock_last = now - self._clock_last, now
+            self.advance(elapsed * self._clock_speed)
 
     # --- protocol -------------------------------------------------------------------
 

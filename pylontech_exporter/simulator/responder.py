@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 from ..codec.frame import (
     CID1_BATTERY,
+    HEX_ASCII,
+    READ_COMMANDS,
     Command,
     Frame,
     ReturnCode,
@@ -57,8 +59,6 @@ from .faults import WIRE_FAULTS, Fault, FaultKind, corrupt_chksum, corrupt_lchks
 if TYPE_CHECKING:
     from .battery import BatteryStack, VirtualModule
 
-_HEX = frozenset(b"0123456789ABCDEFabcdef")
-_READ_COMMANDS = frozenset(int(c) for c in Command)
 _PER_MODULE = frozenset({0x42, 0x44, 0x92, 0x93, 0x96})
 _BANK_COMMANDS = frozenset({0x42, 0x44})
 _VANISH = frozenset({FaultKind.VANISH})
@@ -99,7 +99,7 @@ def _split(request: bytes) -> _Request | None:
     if start < 0:
         return None
     body = request[start + 1 :].rstrip(b"\r\n\x00")
-    if len(body) < 16 or not _HEX.issuperset(body):
+    if len(body) < 16 or not HEX_ASCII.fullmatch(body):
         return None
     return _Request(body)
 
@@ -137,7 +137,7 @@ def _answer(
     command, info = req.command, req.info
     if req.version != module.model.protocol_version and command != Command.PROTOCOL_VERSION:
         return _error(module, req, ReturnCode.VER_ERROR)
-    if req.cid1 != CID1_BATTERY or command not in _READ_COMMANDS:
+    if req.cid1 != CID1_BATTERY or command not in READ_COMMANDS:
         return _error(module, req, ReturnCode.CID2_INVALID)
 
     if command in _PER_MODULE and info == bytes([ALL_MODULES]):

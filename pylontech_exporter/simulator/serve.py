@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import selectors
 import socket
@@ -26,6 +27,8 @@ from .battery import BatteryStack
 
 #: Pacing granularity: bytes are handed to the OS in slices of about this many seconds.
 PACING_SLICE = 0.005
+
+log = logging.getLogger(__name__)
 
 _S = TypeVar("_S", bound="_Server")
 
@@ -86,8 +89,12 @@ class _Server:
     def _answer(self, request: bytes, write: Callable[[bytes], None]) -> None:
         """Answer one framed request through ``write``, with latency and pacing."""
         self.requests += 1
-        self.stack.sync()
-        reply = self.stack.handle(request)
+        try:
+            self.stack.sync()
+            reply = self.stack.handle(request)
+        except Exception:  # a state the codec cannot encode must not kill the server
+            log.exception("answering %r failed; staying silent", request[:40])
+            return
         if reply.data is None:
             return
         if self._stopping.wait(self.latency + reply.delay):
