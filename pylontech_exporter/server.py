@@ -18,9 +18,11 @@ import contextlib
 import gzip
 import io
 import logging
+import math
 import socket
 import socketserver
 import ssl
+import sys
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +47,8 @@ IDLE_TIMEOUT = 60.0
 #: Seconds one send to a client may block (a client that does not read).
 WRITE_TIMEOUT = 30.0
 ALLOWED_METHODS = ("GET", "HEAD")
+#: Largest scrape timeout taken from the header (seconds); larger values use the default.
+MAX_SCRAPE_TIMEOUT = 300.0
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -70,12 +74,13 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 
 def scrape_budget(header: str | None, offset: float) -> float:
     """Seconds the exporter may spend on a scrape: Prometheus' timeout minus ``offset``
-    (half the timeout when the offset would eat it all)."""
+    (half the timeout when the offset would eat it all). A header that is not a finite
+    number in (0, MAX_SCRAPE_TIMEOUT] (``inf``, ``nan``, ``1e12``...) gets the default."""
     try:
         timeout = float(header) if header is not None else DEFAULT_SCRAPE_TIMEOUT
     except ValueError:
         timeout = DEFAULT_SCRAPE_TIMEOUT
-    if timeout <= 0:
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_SCRAPE_TIMEOUT):
         timeout = DEFAULT_SCRAPE_TIMEOUT
     return timeout - offset if timeout > offset else timeout / 2
 
@@ -148,8 +153,13 @@ class ExporterServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away or sent garbage is not the exporter's problem: log it
-        at debug level instead of printing a traceback."""
-        log.debug("connection failed", exc_info=True, extra=kv(client=client_address[0]))
+        at debug level instead of printing a traceback. Anything else is a bug: logged
+        with its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (OSError, ssl.SSLError)):
+            log.debug("connection failed", exc_info=True, extra=kv(client=client_address[0]))
+        else:
+            log.exception("serving a connection failed", extra=kv(client=client_address[0]))
 
     @property
     def port(self) -> int:
@@ -282,11 +292,20 @@ class Handler(BaseHTTPRequestHandler):
                 ("WWW-Authenticate", 'Basic realm="pylontech-exporter", charset="UTF-8"'),
             ]
             content = b"401 unauthorized\n"
-        elif url.path == self.server.telemetry_path:
-            status, headers, content = self._metrics(parse_qs(url.query))
-        elif url.path == "/":
-            content = self.server.landing().encode("utf-8")
-            status, headers = 200, [("Content-Type", "text/html; charset=utf-8")]
+        elif url.path in (self.server.telemetry_path, "/"):
+            try:
+                if url.path == self.server.telemetry_path:
+                    status, headers, content = self._metrics(parse_qs(url.query))
+                else:
+                    content = self.server.landing().encode("utf-8")
+                    status, headers = 200, [("Content-Type", "text/html; charset=utf-8")]
+            except Exception:  # a bug: say so, to the log and to the client
+                log.exception(
+                    "serving %s failed", url.path, extra=kv(client=self.client_address[0])
+                )
+                status = 500
+                headers = [("Content-Type", "text/plain; charset=utf-8")]
+                content = b"500 internal server error; see the exporter's log\n"
         else:
             status = 404
             headers = [("Content-Type", "text/plain; charset=utf-8")]
