@@ -308,6 +308,14 @@ def parse_web_config(document: Any, source: str) -> WebConfig:
         text = _string(value, where)
         if "\r" in text or "\n" in text:
             raise ConfigError(f"{where}: must be one line")
+        try:
+            text.encode("latin-1")  # what http.server sends header values as
+        except UnicodeEncodeError as error:
+            bad = text[error.start]
+            raise ConfigError(
+                f"{where}: character {bad!r} (U+{ord(bad):04X}) is not latin-1 and cannot be "
+                "sent in an HTTP header; use plain ASCII (e.g. ' instead of typographic quotes)"
+            ) from None
         allowed = ALLOWED_HEADERS[name]
         if allowed is not None and text.lower() not in allowed:
             raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {text!r}")

@@ -11,7 +11,9 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
+from pylontech_exporter.config import ConfigError
 from pylontech_exporter.server import ExporterServer, scrape_budget
+from pylontech_exporter.webconfig import parse_web_config
 
 # --- server.py ---------------------------------------------------------------------------
 
@@ -77,3 +79,19 @@ def test_internal_errors_answer_500_and_are_logged(caplog):
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# --- webconfig.py ------------------------------------------------------------------------
+
+
+def test_web_config_header_values_must_be_latin1():
+    document = {
+        "http_server_config": {
+            "headers": {"Content-Security-Policy": "default-src \u2019self\u2019"}
+        }
+    }
+    with pytest.raises(ConfigError, match=r"Content-Security-Policy.*latin-1") as error:
+        parse_web_config(document, "web.yml")
+    assert "\n" not in str(error.value)
+    ok = {"http_server_config": {"headers": {"Content-Security-Policy": "default-src 'self'"}}}
+    assert parse_web_config(ok, "web.yml").headers
