@@ -223,9 +223,5 @@ class ProtocolVersion:
     def from_ver(cls, ver: int) -> ProtocolVersion:
         return cls(ver >> 4, ver & 0x0F)
 
-    @property
-    def ver(self) -> int:
-        return (self.major << 4) | self.minor
-
     def __str__(self) -> str:
         return f"{self.major}.{self.minor}"

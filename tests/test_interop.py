@@ -1,6 +1,6 @@
-"""The published python-pylontech library reads the virtual stack and gets what our
-client gets: the simulator is indistinguishable from a real stack to a third-party
-client written against the same spec."""
+"""The published python-pylontech library, written by others against the same spec,
+reads the virtual stack (including its ADR-0 requests for 0x4F and 0x51) and gets the
+values our client gets."""
 
 from __future__ import annotations
 
@@ -53,12 +53,13 @@ def test_python_pylontech_reads_the_same_values(link):
     assert got.StateOfCharge == pytest.approx(expected.state_of_charge)
 
 
-def test_python_pylontech_reads_the_same_module_details(link, capsys):
+def test_python_pylontech_reads_the_same_module_details(link):
     with Pylontech(link) as ours:
         single = ours.get_values_single(0x03)
         serial = ours.get_module_serial_number(0x03)
         management = ours.get_management_info(0x02)
         parameters = ours.get_system_parameters(0x02)
+        manufacturer = ours.get_manufacturer_info(0x02)
     with open_theirs(link) as theirs:
         assert list(theirs.get_values_single(0x03).CellVoltages) == list(single.cell_voltages)
         assert theirs.get_module_serial_number(0x03).ModuleSerialNumber.decode() == (
@@ -66,9 +67,17 @@ def test_python_pylontech_reads_the_same_module_details(link, capsys):
         )
         theirs_management = theirs.get_management_info(0x02)  # prints its frames
         theirs_parameters = theirs.get_system_parameters(0x02)
+        # It asks for these at ADR 0, which the group-0 master answers (not a US5000).
+        theirs_manufacturer = theirs.get_manufacturer_info()
+        theirs_version = theirs.get_protocol_version()
     assert theirs_management.ChargeVoltageLimit == management.charge_voltage_limit
     assert theirs_management.DischargeCurrentLimit == management.discharge_current_limit
     assert theirs_management.status.ChargeEnable == management.charge_enable
     assert theirs_parameters.CellHighVoltageLimit == parameters.cell_high_voltage_limit
     assert theirs_parameters.ModuleUnderVoltageLimit == parameters.module_under_voltage_limit
     assert theirs_parameters.ChargeCurrentLimit == parameters.charge_current_limit
+    assert theirs_manufacturer.DeviceName.decode().rstrip("\x00") == manufacturer.device_name
+    assert theirs_manufacturer.ManufacturerName.decode().rstrip("\x00 ") == (
+        manufacturer.manufacturer_name
+    )
+    assert theirs_version.ver == b"\x20"

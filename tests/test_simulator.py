@@ -257,7 +257,6 @@ def test_write_commands_refused_and_change_nothing(stack: BatteryStack) -> None:
     "request_bytes",
     [
         encode_request(5, 0x42, b"\x05"),  # no module there
-        raw_request(0, 0x4F),  # address 0
         raw_request(0xFF, 0x4F),
         b"hello\r",
         b"~20024600E002\r",  # too short
@@ -267,6 +266,25 @@ def test_write_commands_refused_and_change_nothing(stack: BatteryStack) -> None:
 )
 def test_silence(stack: BatteryStack, request_bytes: bytes) -> None:
     assert stack.respond(request_bytes) is None
+
+
+def test_address_zero_reaches_the_group_0_master_for_4f_and_51() -> None:
+    stack = BatteryStack(modules=2, model="US3000C", seed=1)
+    answer = decode_frame(stack.respond(raw_request(0, 0x51)))
+    assert (answer.address, answer.cid2) == (0, ReturnCode.NORMAL)
+    assert MANUFACTURER.parse(answer.info) == stack.master(0).manufacturer()
+    assert decode_frame(stack.respond(raw_request(0, 0x4F))).cid2 == ReturnCode.NORMAL
+    assert rtn(stack, raw_request(0, 0x42, b"\x00")) == ReturnCode.ADR_ERROR
+
+
+def test_a_us5000_rejects_address_zero() -> None:
+    stack = BatteryStack(modules=2, model="US5000", seed=1)
+    assert rtn(stack, raw_request(0, 0x4F)) == ReturnCode.ADR_ERROR
+    assert rtn(stack, raw_request(0, 0x51)) == ReturnCode.ADR_ERROR
+
+
+def test_address_zero_is_silent_without_a_group_0() -> None:
+    assert BatteryStack(modules=1, groups=[1], seed=1).respond(raw_request(0, 0x4F)) is None
 
 
 def test_junk_before_request_and_lowercase_are_accepted(stack: BatteryStack) -> None:

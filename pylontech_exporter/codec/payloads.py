@@ -389,15 +389,8 @@ class Payload(Generic[T]):
         return self.struct.build(self._to_raw(reading))
 
 
-def _flat(model: type, units: Mapping[str, Unit]) -> Payload[Any]:
+def _flat(struct: c.Construct, model: type, units: Mapping[str, Unit]) -> Payload[Any]:
     """A payload whose reading is ``model`` field for field (bit flags under ``status``)."""
-    struct = {
-        SystemParameters: SYSTEM_PARAMETERS,
-        ManagementInfo: MANAGEMENT_INFO,
-        ModuleSerialNumber: SERIAL_NUMBER,
-        SoftwareVersion: SOFTWARE_VERSION,
-        ManufacturerInfo: MANUFACTURER_INFO,
-    }[model]
 
     def to_reading(raw: Mapping[str, Any]) -> Any:
         values = _convert(raw, units, "decode")
@@ -406,6 +399,7 @@ def _flat(model: type, units: Mapping[str, Unit]) -> Payload[Any]:
 
     def to_raw(reading: Any) -> dict[str, Any]:
         raw = _convert(dataclasses.asdict(reading), units, "encode")
+        # A "status" bit field (0x92's flags) takes its flags from the same flat values.
         return {**raw, "status": raw}
 
     return Payload(struct, to_reading, to_raw)
@@ -454,13 +448,20 @@ ANALOG_VALUES = _per_module(ANALOG_MODULE, _module_values, _raw_module_values)
 ANALOG_VALUES_BANK = BankPayload(ANALOG_MODULE, _module_values, _raw_module_values)
 ALARM_INFO = _per_module(ALARM_MODULE, _module_alarms, _raw_module_alarms)
 ALARM_INFO_BANK = BankPayload(ALARM_MODULE, _module_alarms, _raw_module_alarms)
-SYSTEM_PARAMETERS_INFO: Payload[SystemParameters] = _flat(SystemParameters, SYSTEM_PARAMETER_UNITS)
-MANAGEMENT: Payload[ManagementInfo] = _flat(ManagementInfo, MANAGEMENT_UNITS)
-SERIAL: Payload[ModuleSerialNumber] = _flat(ModuleSerialNumber, {"serial_number": text(16)})
+SYSTEM_PARAMETERS_INFO: Payload[SystemParameters] = _flat(
+    SYSTEM_PARAMETERS, SystemParameters, SYSTEM_PARAMETER_UNITS
+)
+MANAGEMENT: Payload[ManagementInfo] = _flat(MANAGEMENT_INFO, ManagementInfo, MANAGEMENT_UNITS)
+SERIAL: Payload[ModuleSerialNumber] = _flat(
+    SERIAL_NUMBER, ModuleSerialNumber, {"serial_number": text(16)}
+)
 SOFTWARE: Payload[SoftwareVersion] = _flat(
-    SoftwareVersion, {"manufacturer_version": VERSION, "mainline_version": VERSION}
+    SOFTWARE_VERSION,
+    SoftwareVersion,
+    {"manufacturer_version": VERSION, "mainline_version": VERSION},
 )
 MANUFACTURER: Payload[ManufacturerInfo] = _flat(
+    MANUFACTURER_INFO,
     ManufacturerInfo,
     {"device_name": text(10), "software_version": VERSION, "manufacturer_name": text(20)},
 )

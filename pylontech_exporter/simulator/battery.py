@@ -292,7 +292,6 @@ class VirtualModule:
             if charging
             else (p.discharge_low_temperature_limit, p.discharge_high_temperature_limit)
         )
-        high_current = AlarmState.HIGH
         return ModuleAlarms(
             address=self.address,
             cell_states=tuple(
@@ -301,13 +300,13 @@ class VirtualModule:
             ),
             temperature_states=tuple(_state(t, t_low, t_high) for t in self.temperatures),
             charge_current_state=(
-                high_current if self.current > p.charge_current_limit else AlarmState.NORMAL
+                AlarmState.HIGH if self.current > p.charge_current_limit else AlarmState.NORMAL
             ),
             voltage_state=_state(
                 self.voltage, p.module_low_voltage_limit, p.module_high_voltage_limit
             ),
             discharge_current_state=(
-                high_current
+                AlarmState.HIGH
                 if -self.current > abs(p.discharge_current_limit)
                 else AlarmState.NORMAL
             ),
@@ -547,7 +546,8 @@ class BatteryStack:
 
     def respond(self, request: bytes) -> bytes | None:
         """The answer a real stack gives to ``request`` (None: silence), faults included
-        but without their delay. Pure: no I/O, no sleeping."""
+        but without their delay. No I/O and no sleeping; fault counters and the answer a
+        ``stale`` fault repeats are updated."""
         return self.handle(request).data
 
     def handle(self, request: bytes) -> Reply:

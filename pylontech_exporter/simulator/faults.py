@@ -158,7 +158,7 @@ def corrupt_chksum(frame: bytes) -> bytes:
 def corrupt_lchksum(frame: bytes) -> bytes:
     body = bytearray(frame[1:-5])
     length = int(body[8:12], 16)
-    body[8:12] = b"%04X" % (length ^ 0x1000 if length >> 12 != 1 else length ^ 0x2000)
+    body[8:12] = b"%04X" % (length ^ 0x1000)
     return _reseal(bytes(body))
 
 

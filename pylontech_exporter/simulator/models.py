@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..codec.frame import REQUEST_VERSION
 from ..models import SystemParameters
 
 
@@ -39,8 +40,10 @@ class ModuleModel:
     mainline_version: str = "2.7.4"
     #: Whether the firmware answers the FF bank-wide query (some ignore it).
     bank_query_supported: bool = True
+    #: Whether a master answers 0x4F and 0x51 at ADR 0 (the US5000 rejects ADR 0).
+    answers_address_zero: bool = True
     #: VER of every response; 0x4F reports it as the protocol version.
-    protocol_version: int = 0x20
+    protocol_version: int = REQUEST_VERSION
     serial_prefix: str = "PPTBH"
 
 
@@ -108,9 +111,27 @@ MODELS: dict[str, ModuleModel] = {
         ),
         _model("US2000C", "US2000C", 15, 50.0, False, 6, bank_query_supported=False),
         _model("US3000C", "US3000C", 15, 74.0, True, 6, serial_prefix="PPTCH"),
-        _model("US5000", "US5000", 15, 100.0, True, 6, serial_prefix="PPTDH"),
+        _model(
+            "US5000",
+            "US5000",
+            15,
+            100.0,
+            True,
+            6,
+            serial_prefix="PPTDH",
+            answers_address_zero=False,
+        ),
         _model("UP2500", "UP2500", 8, 50.0, False, 5, serial_prefix="PPTUP"),
-        _model("US5000-16S", "US5000", 16, 100.0, True, 6, serial_prefix="PPTDS"),
+        _model(
+            "US5000-16S",
+            "US5000",
+            16,
+            100.0,
+            True,
+            6,
+            serial_prefix="PPTDS",
+            answers_address_zero=False,
+        ),
     )
 }
 

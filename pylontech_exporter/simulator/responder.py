@@ -3,9 +3,12 @@
 Behaviour where the spec is silent, chosen to match what real modules are reported to
 do (and documented here because clients depend on it):
 
-- Silence for: bytes without a ``~``/non-hex garbage, ADR 0 or FF, an address with no
+- Silence for: bytes without a ``~``/non-hex garbage, ADR FF, an address with no
   (present) module. A module checks the address before anything else, like on a bus
   where every module sees every frame.
+- ADR 0: the master of group 0 answers 0x4F and 0x51 there (python-pylontech relies on
+  it) and refuses other commands with RTN 90; a US5000 master refuses ADR 0 altogether
+  with RTN 90.
 - RTN 02 for a wrong CHKSUM; RTN 03 for a wrong LCHKSUM and for a LENID that does not
   match the INFO actually sent (or is odd); RTN 01 for a VER other than the module's
   (0x20), except for 0x4F which ignores VER (spec 3.1); RTN 04 for a CID1 other than
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
 
 _PER_MODULE = frozenset({0x42, 0x44, 0x92, 0x93, 0x96})
 _BANK_COMMANDS = frozenset({0x42, 0x44})
+_ADDRESS_ZERO_COMMANDS = frozenset({Command.PROTOCOL_VERSION, Command.MANUFACTURER_INFO})
 _VANISH = frozenset({FaultKind.VANISH})
 _NOBANK = frozenset({FaultKind.NOBANK})
 
@@ -107,8 +111,10 @@ def _split(request: bytes) -> _Request | None:
 def handle(stack: BatteryStack, request: bytes) -> Reply:
     """The stack's answer to ``request``, faults applied (see the module docstring)."""
     req = _split(request)
-    if req is None or req.address in (0, 0xFF):
+    if req is None or req.address == 0xFF:
         return SILENCE
+    if req.address == 0:
+        return _address_zero(stack, req)
     plan = stack.faults
     vanished = {f.module for f in plan.draw(req.address, req.command, _VANISH)}
     module = stack.present(req.address)
@@ -121,6 +127,15 @@ def handle(stack: BatteryStack, request: bytes) -> Reply:
         stack.last_reply = data
         return Reply(data)
     return _apply(stack, frame, fired)
+
+
+def _address_zero(stack: BatteryStack, req: _Request) -> Reply:
+    master = stack.present(master_address(0)) if 0 in stack.groups else None
+    if master is None:
+        return SILENCE
+    if master.model.answers_address_zero and req.command in _ADDRESS_ZERO_COMMANDS:
+        return Reply(encode_frame(_answer(stack, master, req, set())))
+    return Reply(encode_frame(_error(master, req, ReturnCode.ADR_ERROR)))
 
 
 def _error(module: VirtualModule, req: _Request, code: ReturnCode) -> Frame:
@@ -163,7 +178,7 @@ def _answer(
     elif info:  # 0x4F and 0x51 take no INFO
         return _error(module, req, ReturnCode.COMMAND_FORMAT_ERROR)
     elif command == Command.MANUFACTURER_INFO:
-        payload = MANUFACTURER.build(stack.master(stack.group_of(req.address)).manufacturer())
+        payload = MANUFACTURER.build(stack.master(module.group).manufacturer())
     else:  # 0x4F
         payload = b""
     return Frame(module.model.protocol_version, req.address, CID1_BATTERY, 0, payload)
