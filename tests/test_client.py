@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pylontech_exporter import (
+    PayloadError,
     ProtocolVersion,
     Pylontech,
     ResponseError,
@@ -97,7 +98,7 @@ def test_firmware_ignoring_the_bank_query_falls_back_to_module_reads():
     stack = BatteryStack(modules=3, seed=5, bank_query_supported=False)
     stack.freeze()
     with TcpSimulator(stack, latency=0) as server, Pylontech(server.url, timeout=0.2) as bus:
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(PayloadError) as raised:
             bus.get_values_bank(0)
         assert "bank-wide" in str(raised.value)
         group = bus.get_values(0)
