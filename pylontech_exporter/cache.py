@@ -68,14 +68,20 @@ class SnapshotCache:
         return self._unread("scrape deadline passed while waiting for the bus read in progress")
 
     def _lead(self, flight: _Flight, deadline: float) -> Snapshot:
+        snapshot: Snapshot | None = None
         try:
-            snapshot = self._read(deadline)
-        except Exception as error:  # never leave waiters hanging
-            log.exception("reading the snapshot failed")
-            snapshot = self._unread(f"internal error: {error}")
-        with self._lock:
-            self._last = snapshot
-            self._flight = None
-        flight.result = snapshot
-        flight.done.set()
+            try:
+                snapshot = self._read(deadline)
+            except Exception as error:  # never leave waiters hanging
+                log.exception("reading the snapshot failed")
+                snapshot = self._unread(f"internal error: {error}")
+        finally:
+            # Whatever happened, the flight ends here: waiters wake up (without a result
+            # they report nothing read) and the next scrape starts a read of its own.
+            with self._lock:
+                if snapshot is not None:
+                    self._last = snapshot
+                self._flight = None
+            flight.result = snapshot
+            flight.done.set()
         return snapshot

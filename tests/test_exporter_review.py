@@ -6,12 +6,15 @@ import http.client
 import logging
 import math
 import threading
+import time
 
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
+from pylontech_exporter.cache import SnapshotCache
 from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
 from pylontech_exporter.config import ConfigError
+from pylontech_exporter.poller import Snapshot
 from pylontech_exporter.server import ExporterServer, scrape_budget
 from pylontech_exporter.webconfig import parse_web_config
 
@@ -95,3 +98,63 @@ def test_web_config_header_values_must_be_latin1():
     assert "\n" not in str(error.value)
     ok = {"http_server_config": {"headers": {"Content-Security-Policy": "default-src 'self'"}}}
     assert parse_web_config(ok, "web.yml").headers
+
+
+# --- cache.py ----------------------------------------------------------------------------
+
+
+def test_cache_clears_the_flight_when_read_and_unread_both_fail():
+    def read(deadline: float) -> Snapshot:
+        raise RuntimeError("read bug")
+
+    def unread(error: str) -> Snapshot:
+        raise RuntimeError("unread bug")
+
+    cache = SnapshotCache(read, unread, ttl=0)
+    with pytest.raises(RuntimeError):
+        cache.get(time.monotonic() + 5)
+    # A later scrape starts its own read instead of waiting out its deadline.
+    started = time.monotonic()
+    with pytest.raises(RuntimeError):
+        cache.get(time.monotonic() + 5)
+    assert time.monotonic() - started < 1 and cache.reads == 2
+
+
+def test_cache_waiters_are_woken_when_the_leader_fails():
+    entered = threading.Event()
+    release = threading.Event()
+
+    def read(deadline: float) -> Snapshot:
+        entered.set()
+        release.wait(5)
+        raise RuntimeError("read bug")
+
+    def unread(error: str) -> Snapshot:
+        if error.startswith("internal error"):
+            raise RuntimeError("unread bug")
+        return Snapshot(banks=[], finished=time.monotonic())
+
+    cache = SnapshotCache(read, unread, ttl=0)
+    failures, waited = [], []
+
+    def lead() -> None:
+        try:
+            cache.get(time.monotonic() + 5)
+        except RuntimeError as error:
+            failures.append(error)
+
+    def wait() -> None:
+        start = time.monotonic()
+        cache.get(start + 5)
+        waited.append(time.monotonic() - start)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert entered.wait(5)
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.05)
+    release.set()
+    leader.join(5)
+    waiter.join(6)
+    assert failures and waited and waited[0] < 1
