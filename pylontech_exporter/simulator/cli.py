@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
     except OSError as error:
         print(f"{parser.prog}: error: cannot listen: {error}", file=sys.stderr)
-        return USAGE_ERROR if args.pty else 1
+        return USAGE_ERROR
     addresses = " ".join(f"0x{m.address:02X}" for m in stack.modules)
     print(f"{args.model} modules at {addresses}", file=sys.stderr, flush=True)
     where = f"{server.link} -> {server.device}" if isinstance(server, PtySimulator) else server.url
