@@ -281,14 +281,7 @@ class BankPoller:
             reading.error = "no module answered discovery"
             return
         values = self._read_values(reading)
-        modules = {
-            address: ModuleReading(module_position(address, self.group), address, values=v)
-            for address, v in sorted(values.items())
-        }
-        reading.modules = list(modules.values())
-        # Static data known from earlier scrapes goes in now, before anything can time out.
-        for address, module in modules.items():
-            self._apply_static(module, self._static.get(address))
+        modules = {module.address: module for module in reading.modules}
         answering = set(values)
         if answering != self._answering:
             lost = self._answering - answering
@@ -402,6 +395,22 @@ class BankPoller:
         return by_address
 
     def _read_values(self, reading: BankReading) -> dict[int, ModuleValues]:
+        """The analog values, by address. ``reading.modules`` gets the modules read, with
+        the static data known from earlier scrapes, even when the deadline cuts this
+        short."""
+        values: dict[int, ModuleValues] = {}
+        try:
+            self._fill_values(reading, values)
+        finally:
+            reading.modules = [self._reading(a, v) for a, v in sorted(values.items())]
+        return values
+
+    def _reading(self, address: int, values: ModuleValues) -> ModuleReading:
+        module = ModuleReading(module_position(address, self.group), address, values=values)
+        self._apply_static(module, self._static.get(address))
+        return module
+
+    def _fill_values(self, reading: BankReading, values: dict[int, ModuleValues]) -> None:
         if self._use_bank_query("values"):
             group = self.group
             result = self._bank_read(
@@ -409,10 +418,10 @@ class BankPoller:
             )
             if result is not None:
                 reading.bank_query = True
-                return {a: v for a, v in result.items() if a in self.known}
+                values.update((a, v) for a, v in result.items() if a in self.known)
+                return
             if self.config.bank_query == "on":
-                return {}
-        values: dict[int, ModuleValues] = {}
+                return
         try:
             for address in self.known:
                 value = self._try(
@@ -424,11 +433,6 @@ class BankPoller:
             # Per-module reads fail as well: the bank is down, not the FF query unsupported.
             if not values and self._bank_ok["values"] is False and self.config.bank_query == "auto":
                 self._bank_ok["values"] = None
-            reading.modules = [
-                ModuleReading(module_position(a, self.group), a, values=v)
-                for a, v in sorted(values.items())
-            ]
-        return values
 
     def _read_alarms(self, addresses: list[int]) -> dict[int, ModuleAlarms]:
         if self._use_bank_query("alarms"):

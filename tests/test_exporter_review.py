@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import math
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.registry import CollectorRegistry
+from test_exporter_support import frozen_stack
 
 from pylontech_exporter.cache import SnapshotCache
+from pylontech_exporter.client import RequestStats
 from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
-from pylontech_exporter.config import ConfigError
-from pylontech_exporter.poller import Snapshot
+from pylontech_exporter.config import BankConfig, ConfigError, SerialSettings
+from pylontech_exporter.errors import ResponseTimeout
+from pylontech_exporter.poller import BankPoller, Snapshot
 from pylontech_exporter.server import ExporterServer, scrape_budget
 from pylontech_exporter.webconfig import parse_web_config
 
@@ -158,3 +163,105 @@ def test_cache_waiters_are_woken_when_the_leader_fails():
     leader.join(5)
     waiter.join(6)
     assert failures and waited and waited[0] < 1
+
+
+# --- poller.py ---------------------------------------------------------------------------
+
+
+class FakeClient:
+    """The poller's view of a client, over a frozen simulated stack, with a clock the
+    test controls (every request takes ``step`` seconds) and scripted failures."""
+
+    def __init__(self, stack, clock: list[float], *, step: float = 0.01) -> None:
+        self.stack = stack
+        self.clock = clock
+        self.step = step
+        self.stats = RequestStats()
+        self.calls: list[str] = []
+        #: Command names that fail (ResponseTimeout) the next ``n`` times: name -> n.
+        self.fail: dict[str, int] = {}
+        self.bank_supported = True
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        self.stats.requests += 1
+        self.clock[0] += self.step
+        if self.fail.get(name, 0) > 0:
+            self.fail[name] -= 1
+            self.stats.failures["timeout"] += 1
+            raise ResponseTimeout(f"{name}: no answer")
+
+    @contextlib.contextmanager
+    def deadline(self, when: float):
+        yield
+
+    def discover(self, group: int = 0, *, timeout: float | None = None) -> list[int]:
+        self._call("discover")
+        return [m.address for m in self.stack.modules]
+
+    def get_values_bank(self, group: int = 0):
+        self._call("values_bank")
+        if not self.bank_supported:
+            raise ResponseTimeout("FF ignored")
+        return SimpleNamespace(modules=[m.values() for m in self.stack.modules])
+
+    def get_values_single(self, address: int):
+        self._call("values")
+        return self.stack.module(address).values()
+
+    def get_alarm_info_bank(self, group: int = 0):
+        self._call("alarms_bank")
+        if not self.bank_supported:
+            raise ResponseTimeout("FF ignored")
+        return [m.alarms() for m in self.stack.modules]
+
+    def get_alarm_info(self, address: int):
+        self._call("alarms")
+        return self.stack.module(address).alarms()
+
+    def get_management_info(self, address: int):
+        self._call("management")
+        return self.stack.module(address).management()
+
+    def get_system_parameters(self, address: int):
+        self._call("parameters")
+        return self.stack.module(address).model.parameters
+
+    def get_module_serial_number(self, address: int):
+        self._call("serial")
+        return self.stack.module(address).serial()
+
+    def get_software_version(self, address: int):
+        self._call("software")
+        return self.stack.module(address).software()
+
+    def get_manufacturer_info(self, address: int):
+        self._call("manufacturer")
+        return self.stack.master(0).manufacturer()
+
+    def get_protocol_version(self, address: int):
+        self._call("protocol")
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _bank_poller(modules: int = 2, **config):
+    clock = [1000.0]
+    client = FakeClient(frozen_stack(modules=modules, model="US3000C"), clock)
+    bank_config = BankConfig("0", SerialSettings("fake"), **config)
+    return BankPoller(bank_config, client, clock=lambda: clock[0]), client, clock
+
+
+def test_deadline_in_the_per_module_path_keeps_static_data_of_read_modules():
+    poller, client, clock = _bank_poller(modules=3, bank_query="off")
+    first = poller.read(clock[0] + 100)
+    assert all(m.serial_number and m.parameters for m in first.modules)
+    # The deadline passes while module 2 is read: module 1 was read, with its static data.
+    second = poller.read(clock[0] + 1.5 * client.step)
+    assert not second.complete
+    assert [m.up for m in second.modules] == [True, True, False]
+    for module in second.modules[:2]:
+        assert module.serial_number == client.stack.module(module.address).serial_number
+        assert module.software_version and module.parameters is not None
