@@ -179,8 +179,10 @@ class BankPoller:
         self._last_discovery: float | None = None
         self._rediscover_wanted = False
         #: Per command ("values", "alarms"): True = bank-wide works, False = ignored by the
-        #: firmware, None = not known (probe next time).
+        #: firmware (probed again ``rediscover`` seconds after it was marked so), None = not
+        #: known (probe next time).
         self._bank_ok: dict[str, bool | None] = {"values": None, "alarms": None}
+        self._bank_off_since: dict[str, float] = {}
         self._static: dict[int, _Static] = {}
         self._static_at: float | None = None
         self._manufacturer: ManufacturerInfo | None = None
@@ -357,7 +359,13 @@ class BankPoller:
             return True
         if mode == "off":
             return False
-        return self._bank_ok[what] is not False
+        if self._bank_ok[what] is False:
+            # Maybe a lost answer rather than a firmware that ignores FF: ask again now
+            # and then (with a fixed module count there is no discovery to reset this).
+            if self._clock() - self._bank_off_since.get(what, 0.0) < self._rediscover_after:
+                return False
+            self._bank_ok[what] = None
+        return True
 
     def _bank_read(self, what: str, call: Callable[[], list[T]]) -> dict[int, T] | None:
         """A bank-wide read mapped by address, or None when it failed or cannot be trusted
@@ -370,9 +378,15 @@ class BankPoller:
             self._last_error = str(error)
             if self.config.bank_query == "auto":
                 previous = self._bank_ok[what]
-                # Worked before: a passing hiccup, probe again next time. Never answered:
-                # the firmware ignores FF (unless the per-module read fails too).
-                self._bank_ok[what] = None if previous else False
+                # Worked last time: a passing hiccup, only this scrape reads module by
+                # module. Not known to work: the firmware may ignore FF; read module by
+                # module and probe again after a while (sooner if the per-module reads
+                # fail too).
+                if previous:
+                    self._bank_ok[what] = None
+                else:
+                    self._bank_ok[what] = False
+                    self._bank_off_since[what] = self._clock()
                 log.log(
                     logging.INFO if previous is None else logging.WARNING,
                     "bank-wide query failed; reading module by module",

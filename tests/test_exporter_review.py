@@ -19,7 +19,7 @@ from pylontech_exporter.client import RequestStats
 from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
 from pylontech_exporter.config import BankConfig, ConfigError, SerialSettings
 from pylontech_exporter.errors import ResponseTimeout
-from pylontech_exporter.poller import BankPoller, Snapshot
+from pylontech_exporter.poller import REDISCOVER_SECONDS, BankPoller, Snapshot
 from pylontech_exporter.server import ExporterServer, scrape_budget
 from pylontech_exporter.webconfig import parse_web_config
 
@@ -247,15 +247,15 @@ class FakeClient:
         pass
 
 
-def _bank_poller(modules: int = 2, **config):
+def _bank_poller(stack_modules: int = 2, **config):
     clock = [1000.0]
-    client = FakeClient(frozen_stack(modules=modules, model="US3000C"), clock)
+    client = FakeClient(frozen_stack(modules=stack_modules, model="US3000C"), clock)
     bank_config = BankConfig("0", SerialSettings("fake"), **config)
     return BankPoller(bank_config, client, clock=lambda: clock[0]), client, clock
 
 
 def test_deadline_in_the_per_module_path_keeps_static_data_of_read_modules():
-    poller, client, clock = _bank_poller(modules=3, bank_query="off")
+    poller, client, clock = _bank_poller(3, bank_query="off")
     first = poller.read(clock[0] + 100)
     assert all(m.serial_number and m.parameters for m in first.modules)
     # The deadline passes while module 2 is read: module 1 was read, with its static data.
@@ -265,3 +265,36 @@ def test_deadline_in_the_per_module_path_keeps_static_data_of_read_modules():
     for module in second.modules[:2]:
         assert module.serial_number == client.stack.module(module.address).serial_number
         assert module.software_version and module.parameters is not None
+
+
+def test_bank_query_lost_probe_is_retried_later_with_a_fixed_module_count():
+    poller, client, clock = _bank_poller(2, bank_query="auto", modules=2)
+    client.fail = {"values_bank": 1, "alarms_bank": 1}
+    first = poller.read(clock[0] + 100)
+    assert first.up and not first.bank_query  # fell back to per-module reads
+    client.calls.clear()
+    clock[0] += 10
+    assert not poller.read(clock[0] + 100).bank_query
+    assert "values_bank" not in client.calls  # not probed on every scrape
+    clock[0] += REDISCOVER_SECONDS
+    client.calls.clear()
+    third = poller.read(clock[0] + 100)
+    assert third.bank_query and "alarms_bank" in client.calls
+    assert "values" not in client.calls and "alarms" not in client.calls
+
+
+def test_bank_query_that_worked_is_skipped_for_one_scrape_only():
+    poller, client, clock = _bank_poller(2, bank_query="auto")
+    assert poller.read(clock[0] + 100).bank_query
+    client.fail = {"values_bank": 1}
+    assert not poller.read(clock[0] + 100).bank_query
+    assert poller.read(clock[0] + 100).bank_query
+
+
+def test_bank_query_the_firmware_ignores_is_not_probed_every_scrape():
+    poller, client, clock = _bank_poller(2, bank_query="auto")
+    client.bank_supported = False
+    for _ in range(5):
+        clock[0] += 15
+        assert poller.read(clock[0] + 100).up
+    assert client.calls.count("values_bank") == 1
