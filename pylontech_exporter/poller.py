@@ -46,7 +46,7 @@ STATIC_REFRESH_SECONDS = 3600.0
 #: Re-discovery after a module stopped answering happens at most this often.
 REDISCOVER_SECONDS = 300.0
 #: Failure reasons always exported, even at 0.
-FAILURE_REASONS = ("timeout", "checksum", "frame", "return_code")
+FAILURE_REASONS = ("timeout", "checksum", "frame", "return_code", "transport")
 
 
 class Client(Protocol):

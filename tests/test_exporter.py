@@ -46,8 +46,11 @@ def test_tcp_scrape_equals_simulator_and_health(stack, tcp):
     for position in (1, 2, 3):
         assert samples[key("pylontech_module_up", bank="0", module=position)] == 1
     assert samples[key("pylontech_serial_requests_total", bank="0")] >= 5
-    for reason in ("timeout", "checksum", "frame", "return_code"):
+    for reason in ("timeout", "checksum", "frame", "return_code", "transport"):
         assert key("pylontech_serial_request_failures_total", bank="0", reason=reason) in samples
+    assert (
+        samples[key("pylontech_serial_request_failures_total", bank="0", reason="transport")] == 0
+    )
     assert samples[key("pylontech_scrape_duration_seconds", bank="0")] > 0
     build = select(samples, "pylontech_exporter_build_info")
     assert list(build.values()) == [1.0]
