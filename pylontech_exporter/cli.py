@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -68,8 +69,10 @@ def _number(kind: str, convert: Callable[[str], Any], check: Callable[[Any], boo
 
 positive_int = _number("a positive integer", int, lambda v: v > 0)
 group_number = _number("a group number 0..7 (DIP switches 2-4)", int, lambda v: 0 <= v <= 7)
-positive_seconds = _number("a positive number of seconds", float, lambda v: v > 0)
-seconds = _number("a number of seconds >= 0", float, lambda v: v >= 0)
+positive_seconds = _number(
+    "a positive number of seconds", float, lambda v: math.isfinite(v) and v > 0
+)
+seconds = _number("a number of seconds >= 0", float, lambda v: math.isfinite(v) and v >= 0)
 
 
 def _choice(name: str, choices: Sequence[str]) -> Callable[[str], str]:

@@ -21,6 +21,7 @@ YAML schema (``--config.file``)::
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ def check_baudrate(value: Any, where: str = "baudrate") -> int:
 def check_seconds(value: Any, where: str, *, allow_zero: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}: must be a number of seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number of seconds, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         limit = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{where}: must be {limit} seconds, got {value!r}")

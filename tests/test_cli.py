@@ -110,6 +110,12 @@ def test_bad_environment_value_names_the_variable(capsys):
         (["--serial.timeout", "0"], "--serial.timeout: expected a positive number"),
         (["--log.format", "xml"], "--log.format: expected one of logfmt, json"),
         (["--cache.ttl", "-1"], "--cache.ttl: expected a number of seconds >= 0"),
+        (["--cache.ttl", "inf"], "--cache.ttl: expected a number of seconds >= 0"),
+        (["--cache.ttl", "nan"], "--cache.ttl: expected a number of seconds >= 0"),
+        (["--serial.timeout", "inf"], "--serial.timeout: expected a positive number"),
+        (["--serial.timeout", "nan"], "--serial.timeout: expected a positive number"),
+        (["--serial.command-gap", "inf"], "--serial.command-gap: expected a number"),
+        (["--scrape.timeout-offset", "nan"], "--scrape.timeout-offset: expected a number"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )

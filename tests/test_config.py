@@ -75,6 +75,9 @@ banks:
         ({"banks": [{"port": 5}]}, "banks[0].port: must be a device path or pyserial URL"),
         ({"banks": [{"port": "/dev/x", "timeout": 0}]}, "banks[0].timeout: must be > 0"),
         ({"banks": [{"port": "/dev/x", "command_gap": -1}]}, "command_gap: must be >= 0"),
+        ({"banks": [{"port": "/dev/x", "timeout": float("inf")}]}, "timeout: must be a finite"),
+        ({"banks": [{"port": "/dev/x", "timeout": float("nan")}]}, "timeout: must be a finite"),
+        ({"banks": [{"port": "/dev/x", "command_gap": float("nan")}]}, "gap: must be a finite"),
         ({"banks": [{"port": "/dev/x", "modules": 17}]}, "banks[0].modules: must be an integer"),
         ({"banks": [{"port": "/dev/x", "bank_query": "maybe"}]}, "one of auto, on, off"),
         (
