@@ -21,7 +21,9 @@ Differences from the toolkit, each refused with a message rather than silently i
 ``client_auth_type`` ``RequestClientCert`` and ``RequireAnyClientCert`` (they accept
 certificates nobody verified; Python's ssl module cannot do that, and the toolkit calls
 them insecure), ``cipher_suites`` and ``curve_preferences`` (Go names), ``rate_limit``.
-The file is read once at start; restart the exporter to apply changes.
+Relative ``cert_file``, ``key_file`` and ``client_ca_file`` names are relative to the
+directory of the web config file, as in the toolkit. The file is read once at start;
+restart the exporter to apply changes.
 """
 
 from __future__ import annotations
@@ -237,7 +239,8 @@ class BasicAuth:
 def load_web_config(path: str) -> WebConfig:
     """Read and check a web config file; ConfigError (one line) when it is wrong."""
     document = read_yaml(path, "web config file")
-    config = parse_web_config(document, path)
+    # Relative certificate and key paths are relative to this file, as in the toolkit.
+    config = parse_web_config(document, path, base_dir=os.path.dirname(os.path.abspath(path)))
     config.ssl_context()  # certificates and keys must load now, not at the first scrape
     return config
 
@@ -264,8 +267,8 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
-def _file(value: Any, where: str) -> str:
-    path = _string(value, where)
+def _file(value: Any, where: str, base_dir: str = "") -> str:
+    path = os.path.join(base_dir, _string(value, where))
     if not os.path.isfile(path):
         raise ConfigError(f"{where}: file {path} does not exist")
     return path
@@ -277,8 +280,9 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def parse_web_config(document: Any, source: str) -> WebConfig:
-    """Check a parsed web config document (see the module docstring)."""
+def parse_web_config(document: Any, source: str, *, base_dir: str = "") -> WebConfig:
+    """Check a parsed web config document (see the module docstring). Relative file
+    names are taken relative to ``base_dir`` (the web config file's directory)."""
     if document is None:
         return WebConfig(source=source)
     if not isinstance(document, dict):
@@ -290,7 +294,7 @@ def parse_web_config(document: Any, source: str) -> WebConfig:
 
     tls_doc = document.get("tls_server_config")
     if tls_doc is not None:
-        config.tls = _parse_tls(_mapping(tls_doc, f"{source}: tls_server_config"), source)
+        config.tls = _parse_tls(_mapping(tls_doc, f"{source}: tls_server_config"), source, base_dir)
 
     http_doc = _mapping(document.get("http_server_config"), f"{source}: http_server_config")
     _unknown(http_doc, _HTTP_KEYS, f"{source}: http_server_config")
@@ -337,7 +341,7 @@ def parse_web_config(document: Any, source: str) -> WebConfig:
     return config
 
 
-def _parse_tls(doc: dict[str, Any], source: str) -> TLSSettings:
+def _parse_tls(doc: dict[str, Any], source: str, base_dir: str = "") -> TLSSettings:
     where = f"{source}: tls_server_config"
     for key in ("cipher_suites", "curve_preferences"):
         if key in doc:
@@ -354,7 +358,7 @@ def _parse_tls(doc: dict[str, Any], source: str) -> TLSSettings:
         if inline in doc:
             setattr(tls, inline, _string(doc[inline], f"{where}.{inline}"))
         if path in doc:
-            setattr(tls, path, _file(doc[path], f"{where}.{path}"))
+            setattr(tls, path, _file(doc[path], f"{where}.{path}", base_dir))
     if tls.cert is None and tls.cert_file is None:
         raise ConfigError(f"{where}: cert_file (or cert) is missing")
     if tls.key is None and tls.key_file is None:

@@ -370,3 +370,27 @@ def test_write_command_codes_appear_nowhere_but_the_refusal():
                 if token.type == tokenize.NUMBER and ast.literal_eval(token.string) in (0x94, 0x95):
                     hits.append((path.name, token.line.strip()))
     assert hits == [("frame.py", "WRITE_COMMANDS = frozenset({0x94, 0x95})")] * 2, hits
+
+
+def test_relative_certificate_paths_are_relative_to_the_web_config_file(pki, tmp_path, monkeypatch):
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n"
+        "  cert_file: server.crt\n  key_file: ./server.key\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: clients.crt\n"
+    )
+    for name in ("server.crt", "server.key", "clients.crt"):
+        (tmp_path / name).write_bytes((pki["dir"] / name).read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_web_config(str(tmp_path / "web.yml"))
+    assert config.tls.cert_file == str(tmp_path / "server.crt")
+    assert config.tls.client_ca_file == str(tmp_path / "clients.crt")
+    assert config.ssl_context() is not None
+    # The same names relative to the working directory are not used.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere" / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_web_config("elsewhere/web.yml")
