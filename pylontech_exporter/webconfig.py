@@ -182,15 +182,20 @@ class BasicAuth:
     """Checks ``Authorization: Basic`` headers against bcrypt hashes. A successful check
     is remembered (as a SHA-256 of user, password and hash, never the password), so
     bcrypt's cost is paid once per credential, not per scrape. An unknown user costs a
-    bcrypt check too, so timing does not tell which users exist."""
+    bcrypt check too, at the cost of the configured hashes, so timing does not tell
+    which users exist."""
 
-    #: A hash of a random password, checked for unknown users.
+    #: A hash of a random password, checked for unknown users (its cost is replaced).
     _DUMMY = b"$2b$10$eXldDHCTktn4O2wb6PiFleV.UZzgH4obML/rO1DPRu8MInHJ3G59a"
     #: Remembered successes (legitimate credentials only, so this stays tiny).
     MAX_CACHED = 256
 
     def __init__(self, users: dict[str, bytes]) -> None:
         self.users = dict(users)
+        # The dummy gets the highest cost configured ("$2y$12$..." -> 12): checking it
+        # takes as long as checking a real user's password.
+        costs = [int(h[4:6]) for h in self.users.values() if h[4:6].isdigit()]
+        self._dummy = b"$2b$%02d$" % max(costs, default=10) + self._DUMMY[7:]
         self._ok: set[bytes] = set()
         self._lock = threading.Lock()
         #: bcrypt verifications done (for tests: proves the cache works).
@@ -221,7 +226,7 @@ class BasicAuth:
 
         self.bcrypt_checks += 1
         try:
-            good = bcrypt.checkpw(password.encode(), hashed or self._DUMMY)
+            good = bcrypt.checkpw(password.encode(), hashed or self._dummy)
         except ValueError:  # a malformed hash; rejected at load, but be safe
             good = False
         if not good or hashed is None:

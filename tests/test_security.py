@@ -394,3 +394,18 @@ def test_relative_certificate_paths_are_relative_to_the_web_config_file(pki, tmp
     )
     with pytest.raises(ConfigError, match="does not exist"):
         load_web_config("elsewhere/web.yml")
+
+
+@pytest.mark.parametrize("cost", [4, 5])
+def test_unknown_users_cost_the_same_bcrypt_rounds_as_known_ones(cost, monkeypatch):
+    from pylontech_exporter.webconfig import BasicAuth
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(cost))
+    checked = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: checked.append(h) or real(pw, h))
+    auth = BasicAuth({"prometheus": hashed})
+    header = "Basic " + base64.b64encode(b"nobody:pw").decode()
+    assert auth.check(header) is None
+    assert auth.check("Basic " + base64.b64encode(b"prometheus:pw").decode()) == "prometheus"
+    assert [h[4:6] for h in checked] == [hashed[4:6]] * 2
