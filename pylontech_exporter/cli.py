@@ -519,6 +519,11 @@ def serve(args: argparse.Namespace) -> int:
 # --- scan ----------------------------------------------------------------------------------
 
 
+#: Addresses probed when no group is given: group 0 position 1 (0x02) up to group 7
+#: position 16 (0x81), end exclusive.
+SCAN_RANGE = (0x02, 0x82)
+
+
 def group_of(address: int) -> int:
     """Group of a bus address (n = 2..17 in ADR = n + 0x10 * m)."""
     return (address - 2) // 0x10
@@ -539,7 +544,7 @@ def scan(args: argparse.Namespace) -> int:
             if args.group_given or args.config_file or args.simulate:
                 ranges = [(0x02 + 0x10 * g, 0x12 + 0x10 * g) for g in sorted(set(groups))]
             else:
-                ranges = [(0x02, 0x80)]
+                ranges = [SCAN_RANGE]
             print(
                 f"scanning {port} at {serial.baudrate} baud, {args.scan_timeout:g} s per address",
                 file=sys.stderr,

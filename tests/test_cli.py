@@ -402,3 +402,14 @@ def test_expected_readings_helper_matches_one_known_value(tcp):
     with Exporter("--serial.port", tcp.url, "--serial.timeout", "0.2") as exporter:
         samples = exporter.scrape()
     assert samples[key("pylontech_cell_voltage_volts", bank="0", module="1", cell="1")] == 3.123
+
+
+def test_default_scan_range_covers_every_group_and_position():
+    from pylontech_exporter.cli import SCAN_RANGE
+    from pylontech_exporter.models import module_address
+
+    addresses = range(*SCAN_RANGE)
+    for group in range(8):
+        for position in range(1, 17):
+            assert module_address(group, position) in addresses
+    assert 0 not in addresses and 0x82 not in addresses
