@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from typing import Any
 
 from .collector import sensor_name
@@ -12,6 +13,8 @@ from .poller import ModuleReading, Snapshot
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN (e.g. the state of charge of a 0 Ah module)
     if isinstance(value, enum.Enum):
         return value.name.lower()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -33,8 +36,8 @@ def to_dict(snapshot: Snapshot) -> dict[str, Any]:
         for module, entry in zip(bank.modules, data["modules"]):
             entry["up"] = module.up
             if module.values is not None:
-                entry["values"]["power"] = module.values.power
-                entry["values"]["state_of_charge"] = module.values.state_of_charge
+                entry["values"]["power"] = _plain(module.values.power)
+                entry["values"]["state_of_charge"] = _plain(module.values.state_of_charge)
                 entry["values"]["temperature_sensors"] = [
                     sensor_name(i) for i in range(len(module.values.temperatures))
                 ]
@@ -43,7 +46,7 @@ def to_dict(snapshot: Snapshot) -> dict[str, Any]:
 
 
 def render_json(snapshot: Snapshot) -> str:
-    return json.dumps(to_dict(snapshot), indent=2, sort_keys=False)
+    return json.dumps(to_dict(snapshot), indent=2, sort_keys=False, allow_nan=False)
 
 
 def _alarms(module: ModuleReading) -> str:
@@ -108,7 +111,7 @@ def render_table(snapshot: Snapshot) -> str:
                     str(m.position),
                     f"0x{m.address:02X}",
                     m.serial_number or "-",
-                    f"{v.state_of_charge * 100:.1f}%",
+                    f"{v.state_of_charge * 100:.1f}%" if math.isfinite(v.state_of_charge) else "-",
                     f"{v.voltage:.3f} V",
                     f"{v.current:.1f} A",
                     f"{v.power:.0f} W",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
+import json
 import logging
 import math
 import threading
@@ -18,8 +20,15 @@ from pylontech_exporter.cache import SnapshotCache
 from pylontech_exporter.client import RequestStats
 from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
 from pylontech_exporter.config import BankConfig, ConfigError, SerialSettings
+from pylontech_exporter.dump import render_json, render_table
 from pylontech_exporter.errors import ResponseTimeout
-from pylontech_exporter.poller import REDISCOVER_SECONDS, BankPoller, Snapshot
+from pylontech_exporter.poller import (
+    REDISCOVER_SECONDS,
+    BankPoller,
+    BankReading,
+    ModuleReading,
+    Snapshot,
+)
 from pylontech_exporter.server import ExporterServer, scrape_budget
 from pylontech_exporter.webconfig import parse_web_config
 
@@ -298,3 +307,17 @@ def test_bank_query_the_firmware_ignores_is_not_probed_every_scrape():
         clock[0] += 15
         assert poller.read(clock[0] + 100).up
     assert client.calls.count("values_bank") == 1
+
+
+# --- dump.py -----------------------------------------------------------------------------
+
+
+def test_dump_json_has_null_not_nan_when_full_capacity_is_zero():
+    values = frozen_stack(modules=1, model="US3000C").module(2).values()
+    values = dataclasses.replace(values, total_capacity=0)
+    bank = BankReading(name="0", group=0, port="p", modules=[ModuleReading(1, 2, values=values)])
+    snapshot = Snapshot(banks=[bank], taken_at=1.0)
+    text = render_json(snapshot)
+    assert "NaN" not in text
+    assert json.loads(text)["banks"][0]["modules"][0]["values"]["state_of_charge"] is None
+    assert "nan" not in render_table(snapshot)
