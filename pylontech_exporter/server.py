@@ -85,6 +85,25 @@ def scrape_budget(header: str | None, offset: float) -> float:
     return timeout - offset if timeout > offset else timeout / 2
 
 
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header lists gzip with a quality above 0 (``gzip;q=0``
+    means "not gzip")."""
+    for part in (header or "").split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        if coding.lower() != "gzip":
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        return quality > 0
+    return False
+
+
 class ExporterServer(ThreadingHTTPServer):
     """Carries what the handler needs."""
 
@@ -333,8 +352,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             scrape_deadline.reset(token)
         headers = [("Content-Type", content_type)]
-        accept_encoding = self.headers.get("Accept-Encoding") or ""
-        if "gzip" in (part.split(";")[0].strip() for part in accept_encoding.split(",")):
+        if accepts_gzip(self.headers.get("Accept-Encoding")):
             output = gzip.compress(output)
             headers.append(("Content-Encoding", "gzip"))
         log.debug(

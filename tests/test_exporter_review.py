@@ -321,3 +321,27 @@ def test_dump_json_has_null_not_nan_when_full_capacity_is_zero():
     assert "NaN" not in text
     assert json.loads(text)["banks"][0]["modules"][0]["values"]["state_of_charge"] is None
     assert "nan" not in render_table(snapshot)
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("deflate, GZIP;q=0.5", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("identity, gzip;q=0.0", False),
+        ("gzip;q=x", False),
+        ("", False),
+    ],
+)
+def test_gzip_only_when_accepted_with_a_positive_quality(accept_encoding, gzipped):
+    server, thread = _serve(CollectorRegistry())
+    try:
+        status, headers, _ = _get(server, "/metrics", {"Accept-Encoding": accept_encoding})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert status == 200
+    assert (headers.get("Content-Encoding") == "gzip") is gzipped
