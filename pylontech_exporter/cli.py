@@ -486,11 +486,9 @@ def serve(args: argparse.Namespace) -> int:
                 f"--web.listen-address {args.web_listen_address}: cannot listen: "
                 f"{error.strerror or error}"
             )
-        stop = threading.Event()
 
         def shutdown(signum: int, frame: Any) -> None:
             log.info("shutting down", extra=kv(signal=signal.Signals(signum).name))
-            stop.set()
             threading.Thread(target=server.shutdown, daemon=True).start()
 
         signal.signal(signal.SIGTERM, shutdown)

@@ -59,6 +59,32 @@ def sensor_name(index: int) -> str:
     return f"t{index + 1}"
 
 
+def active_alarms(alarms: ModuleAlarms) -> list[str]:
+    """What is not normal in a module's alarm info, in words ("cell 4 high",
+    "temperature cells_1 low", "protection module_over_voltage"...): the one summary the
+    landing page and ``dump`` show."""
+    active = [f"protection {name}" for name in alarms.protections.active()]
+    active += [
+        f"cell {i} {s.name.lower()}"
+        for i, s in enumerate(alarms.cell_states, 1)
+        if s != AlarmState.NORMAL
+    ]
+    active += [
+        f"temperature {sensor_name(i)} {s.name.lower()}"
+        for i, s in enumerate(alarms.temperature_states)
+        if s != AlarmState.NORMAL
+    ]
+    for name, state in (
+        ("charge current", alarms.charge_current_state),
+        ("module voltage", alarms.voltage_state),
+        ("discharge current", alarms.discharge_current_state),
+    ):
+        if state != AlarmState.NORMAL:
+            active.append(f"{name} {state.name.lower()}")
+    active += [f"cell {i} voltage error" for i, e in enumerate(alarms.cell_voltage_errors, 1) if e]
+    return active
+
+
 def _up_modules(snapshot: Snapshot) -> Iterator[tuple[BankReading, ModuleReading]]:
     for bank in snapshot.banks:
         for module in bank.modules:
@@ -445,7 +471,7 @@ class InfoCollector(_Part):
                 )
         for bank in snapshot.banks:
             maker = bank.manufacturer
-            if bank.up and maker is not None:
+            if maker is not None:  # the poller leaves it out for a bank that is down
                 bank_info.add_metric(
                     [
                         bank.name,

@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any
 
-from .collector import sensor_name
+from .collector import active_alarms, sensor_name
 from .poller import ModuleReading, Snapshot
 
 
@@ -50,15 +50,9 @@ def render_json(snapshot: Snapshot) -> str:
 
 
 def _alarms(module: ModuleReading) -> str:
-    alarms = module.alarms
-    if alarms is None:
+    if module.alarms is None:
         return "not read"
-    active = alarms.protections.active()
-    active += [f"cell{i}:{s.name.lower()}" for i, s in enumerate(alarms.cell_states, 1) if s]
-    active += [
-        f"{sensor_name(i)}:{s.name.lower()}" for i, s in enumerate(alarms.temperature_states) if s
-    ]
-    return ",".join(active) or "none"
+    return ", ".join(active_alarms(module.alarms)) or "none"
 
 
 def render_table(snapshot: Snapshot) -> str:

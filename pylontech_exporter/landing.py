@@ -10,6 +10,7 @@ import time
 from html import escape
 
 from . import __version__
+from .collector import active_alarms
 from .config import BankConfig
 from .poller import ModuleReading, Snapshot
 
@@ -31,28 +32,6 @@ def _fmt(value: float, digits: int, unit: str) -> str:
     return f"{value:.{digits}f}&nbsp;{unit}"
 
 
-def _active_alarms(module: ModuleReading) -> list[str]:
-    alarms = module.alarms
-    if alarms is None:
-        return []
-    active = [f"protection {name}" for name in alarms.protections.active()]
-    for index, state in enumerate(alarms.cell_states, start=1):
-        if state.name != "NORMAL":
-            active.append(f"cell {index} {state.name.lower()}")
-    for index, state in enumerate(alarms.temperature_states):
-        if state.name != "NORMAL":
-            active.append(f"temperature {index + 1} {state.name.lower()}")
-    for name, state in (
-        ("charge current", alarms.charge_current_state),
-        ("module voltage", alarms.voltage_state),
-        ("discharge current", alarms.discharge_current_state),
-    ):
-        if state.name != "NORMAL":
-            active.append(f"{name} {state.name.lower()}")
-    active += [f"cell {i} voltage error" for i, e in enumerate(alarms.cell_voltage_errors, 1) if e]
-    return active
-
-
 def _module_row(module: ModuleReading) -> str:
     label = f"{module.position} <span class=muted>(0x{module.address:02X})</span>"
     if module.values is None:
@@ -62,7 +41,7 @@ def _module_row(module: ModuleReading) -> str:
         )
     v = module.values
     cells = v.cell_voltages
-    alarms = _active_alarms(module)
+    alarms = active_alarms(module.alarms) if module.alarms is not None else []
     if module.alarms is None:
         alarm_text = "<span class=muted>not read</span>"
     elif alarms:

@@ -141,10 +141,6 @@ class _Static:
     software_version: str | None = None
     parameters: SystemParameters | None = None
 
-    @property
-    def complete(self) -> bool:
-        return None not in (self.serial_number, self.software_version, self.parameters)
-
 
 class _DeadlinePassed(Exception):
     pass
@@ -552,9 +548,9 @@ class _Port:
                 except Exception as error:  # a bug must not take the other banks down
                     log.exception("reading the bank failed", extra=kv(bank=bank.config.name))
                     result = bank.unread(f"internal error: {error}")
-                result.manufacturer, result.protocol_version = bank.bank_static()
-                if not result.up:
-                    result.manufacturer = result.protocol_version = None
+                # Bank identity only with readings: a bank that is down exports no bank_info.
+                if result.up:
+                    result.manufacturer, result.protocol_version = bank.bank_static()
                 results.append(result)
             return results
         finally:

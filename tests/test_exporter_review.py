@@ -18,7 +18,7 @@ from test_exporter_support import frozen_stack
 
 from pylontech_exporter.cache import SnapshotCache
 from pylontech_exporter.client import RequestStats
-from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
+from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT, active_alarms
 from pylontech_exporter.config import BankConfig, ConfigError, SerialSettings
 from pylontech_exporter.dump import render_json, render_table
 from pylontech_exporter.errors import ResponseTimeout
@@ -345,3 +345,39 @@ def test_gzip_only_when_accepted_with_a_positive_quality(accept_encoding, gzippe
         thread.join(5)
     assert status == 200
     assert (headers.get("Content-Encoding") == "gzip") is gzipped
+
+
+# --- one summary of active alarms --------------------------------------------------------
+
+
+def test_landing_page_and_dump_list_the_same_active_alarms():
+    from pylontech_exporter.landing import render
+    from pylontech_exporter.models import AlarmState, Protections
+
+    module = frozen_stack(modules=1, model="US3000C").module(2)
+    alarms = dataclasses.replace(
+        module.alarms(),
+        cell_states=(AlarmState.NORMAL, AlarmState.HIGH),
+        temperature_states=(AlarmState.NORMAL, AlarmState.LOW),
+        voltage_state=AlarmState.HIGH,
+        protections=Protections(module_over_voltage=True),
+        cell_voltage_errors=(False, False, True),
+    )
+    assert active_alarms(alarms) == [
+        "protection module_over_voltage",
+        "cell 2 high",
+        "temperature cells_1 low",
+        "module voltage high",
+        "cell 3 voltage error",
+    ]
+    bank = BankReading(
+        name="0",
+        group=0,
+        port="p",
+        modules=[ModuleReading(1, 2, values=module.values(), alarms=alarms)],
+    )
+    snapshot = Snapshot(banks=[bank], taken_at=1.0)
+    page = render([BankConfig("0", SerialSettings("p"))], snapshot, now=2.0)
+    table = render_table(snapshot)
+    for text in active_alarms(alarms):
+        assert text in page and text in table
