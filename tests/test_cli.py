@@ -160,7 +160,7 @@ def test_version_and_help():
     assert "PYLONTECH_EXPORTER_" in result.stdout and "scan" in result.stdout
 
 
-def test_config_check_ok_with_env_and_flag_precedence(tmp_path):
+def test_config_check_ok_with_env_and_flag_precedence():
     env = clean_env(
         PYLONTECH_EXPORTER_SERIAL_PORT="socket://127.0.0.1:8899",
         PYLONTECH_EXPORTER_SERIAL_BAUDRATE="9600",
@@ -220,7 +220,7 @@ def test_serial_port_in_use_and_missing_exit_2():
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
-def test_conflicting_sources_exit_2(tmp_path):
+def test_conflicting_sources_exit_2():
     result = run_cli("--simulate", "--serial.port", "socket://h:1")
     assert result.returncode == 2 and "--simulate" in result.stderr
     result = run_cli("--serial.port", "socket://h:1", "--config.file", "x.yml")
@@ -341,12 +341,13 @@ def test_default_exporter_metrics_logfmt_and_level(tcp):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with Exporter(
-        "--serial.port", tcp.url, "--log.level", "warn", "--web.listen-address", f"127.0.0.1:{port}"
-    ) as exporter:
+        "--serial.port", tcp.url, "--serial.timeout", "0.2", "--log.level", "warn",
+        "--web.listen-address", f"127.0.0.1:{port}",
+    ) as exporter:  # fmt: skip
         _, _, body = exporter.get("/metrics")
     assert "process_cpu_seconds_total" in body.decode() or "python_info" in body.decode()
     assert not [line for line in exporter.lines if "level=info" in line or "level=debug" in line]
-    with Exporter("--serial.port", tcp.url) as exporter:
+    with Exporter("--serial.port", tcp.url, "--serial.timeout", "0.2") as exporter:
         exporter.get("/metrics")
     assert any(line.startswith("ts=") and " level=info " in line for line in exporter.lines)
 

@@ -22,6 +22,7 @@ from test_exporter_support import (
     select,
 )
 
+from pylontech_exporter import __version__
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
 
 FAST = ("--serial.timeout", "0.2", "--cache.ttl", "0")
@@ -89,7 +90,7 @@ def test_per_module_fallback_when_firmware_ignores_bank_query():
         assert tcp.requests - before == 9
 
 
-def test_bank_query_used_when_answered(stack, tcp):
+def test_bank_query_used_when_answered(tcp):
     with Exporter("--serial.port", tcp.url, *FAST) as exporter:
         exporter.scrape()
         before = tcp.requests
@@ -264,7 +265,7 @@ def test_http_negotiation_landing_page_and_404(stack, tcp):
         status, headers, body = exporter.get("/")
         page = body.decode()
         assert status == 200 and headers["Content-Type"].startswith("text/html")
-        assert "Pylontech exporter" in page and "0.1.0" in page
+        assert "Pylontech exporter" in page and __version__ in page
         assert "href='/metrics'" in page
         assert tcp.url in page  # the configured bank
         for module in stack.group_modules(0):  # live summary: serials and cell voltages
@@ -278,7 +279,7 @@ def test_http_negotiation_landing_page_and_404(stack, tcp):
             assert exporter.get(path)[0] == 404
 
 
-def test_landing_page_before_any_scrape_does_not_touch_the_bus(stack, tcp):
+def test_landing_page_before_any_scrape_does_not_touch_the_bus(tcp):
     with Exporter("--serial.port", tcp.url, *FAST) as exporter:
         status, _, body = exporter.get("/")
         assert status == 200 and "No reading yet" in body.decode()
@@ -297,7 +298,7 @@ def test_simulate_mode_serves_three_modules():
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-def test_promtool_check_metrics_on_a_real_scrape(stack, tcp):
+def test_promtool_check_metrics_on_a_real_scrape(tcp):
     with Exporter("--serial.port", tcp.url, *FAST) as exporter:
         _, _, body = exporter.get("/metrics")
     text = body.decode()

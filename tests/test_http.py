@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-from test_exporter_support import frozen_stack, key
-from test_reliability_support import InProcessExporter, bank, resources
+from test_exporter_support import frozen_stack, key, wait_for
+from test_reliability_support import InProcessExporter, bank, handler_threads, resources
 
 from pylontech_exporter.simulator.serve import TcpSimulator
 
@@ -141,7 +141,7 @@ def test_slow_clients_do_not_block_others_and_are_cut_off(exporter):
 
 
 def test_idle_keep_alive_connection_is_closed_and_threads_come_back(exporter):
-    time.sleep(1.2)  # connections of earlier tests are gone
+    assert wait_for(lambda: handler_threads() == 0, 5)  # earlier tests' connections are gone
     before = resources()["threads"]
     conn = http.client.HTTPConnection("127.0.0.1", exporter.server.port, timeout=5)
     for _ in range(3):  # keep-alive: one connection, several scrapes
@@ -155,5 +155,4 @@ def test_idle_keep_alive_connection_is_closed_and_threads_come_back(exporter):
     conn.close()
     for _ in range(30):
         raw(exporter, b"JUNK\r\n\r\n")
-    time.sleep(0.3)
-    assert resources()["threads"] <= before
+    assert wait_for(lambda: resources()["threads"] <= before, 5), (resources(), before)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,9 @@ from test_exporter_support import (
     key,
     readings,
     select,
+    wait_for,
 )
-from test_reliability_support import InProcessExporter, bank, resources
+from test_reliability_support import InProcessExporter, bank, handler_threads, resources
 
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
 
@@ -233,13 +233,15 @@ def test_no_thread_or_fd_leak_over_many_fault_cycles(stack):
     tcp.stop()
     with InProcessExporter(bank(tcp.url)) as exporter:
         _fault_cycles(stack, exporter, port, 2)  # warm up
-        time.sleep(0.2)
+        wait_for(lambda: handler_threads() == 0, 5)
         start = resources()
         _fault_cycles(stack, exporter, port, 8)
-        time.sleep(0.2)
-        end = resources()
-    assert end["threads"] <= start["threads"], (start, end)
-    assert end["fds"] <= start["fds"], (start, end)
+
+        def back() -> bool:
+            end = resources()
+            return end["threads"] <= start["threads"] and end["fds"] <= start["fds"]
+
+        assert wait_for(back, 5), (start, resources())
 
 
 # --- a real exporter process ---------------------------------------------------------------
@@ -281,6 +283,13 @@ def test_real_process_survives_faults_and_gateway_loss_without_leaks():
             start = resources(pid)
             for _ in range(10):
                 cycle(3)
+            wait_for(
+                lambda: (
+                    resources(pid)["threads"] <= start["threads"]
+                    and resources(pid)["fds"] <= start["fds"]
+                ),
+                5,
+            )
             end = resources(pid)
             assert exporter.process.poll() is None
             assert end["threads"] <= start["threads"], (start, end)

@@ -74,6 +74,11 @@ class InProcessExporter:
         self.stop()
 
 
+def handler_threads() -> int:
+    """Connection threads of in-process exporters (ThreadingHTTPServer names them so)."""
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
 def resources(pid: int | str = "self") -> dict[str, int]:
     """Threads, open file descriptors and resident memory (kB) of a process."""
     rss = 0
