@@ -138,9 +138,10 @@ def test_cache_survives_a_failing_read():
 
 def test_static_data_is_read_once_then_refreshed():
     stack = frozen_stack(modules=2, model="US3000C")
+    now = [time.monotonic()]  # the poller's clock: moved by hand, no sleeping
     with TcpSimulator(stack, latency=0) as tcp:
         bank = BankConfig("0", SerialSettings(tcp.url, timeout=0.1))
-        poller = Poller([bank], static_refresh=0.5)
+        poller = Poller([bank], static_refresh=0.5, clock=lambda: now[0])
         try:
             poller.read(time.monotonic() + 10)
             before = tcp.requests
@@ -148,7 +149,7 @@ def test_static_data_is_read_once_then_refreshed():
             assert tcp.requests - before == 4  # FF 0x42, FF 0x44, 2 x 0x92
             assert second.banks[0].modules[0].serial_number == stack.module(2).serial_number
             assert second.banks[0].manufacturer.device_name == "US3000C"
-            time.sleep(0.6)
+            now[0] += 0.6
             before = tcp.requests
             poller.read(time.monotonic() + 10)
             # rediscovery (2 answers, then one silent address tried twice), the
