@@ -47,7 +47,7 @@ IDLE_TIMEOUT = 60.0
 #: Seconds one send to a client may block (a client that does not read).
 WRITE_TIMEOUT = 30.0
 ALLOWED_METHODS = ("GET", "HEAD")
-#: Largest scrape timeout taken from the header (seconds); larger values use the default.
+#: Largest scrape timeout taken from the header (seconds); larger values are capped.
 MAX_SCRAPE_TIMEOUT = 300.0
 
 
@@ -75,13 +75,15 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 def scrape_budget(header: str | None, offset: float) -> float:
     """Seconds the exporter may spend on a scrape: Prometheus' timeout minus ``offset``
     (half the timeout when the offset would eat it all). A header that is not a finite
-    number in (0, MAX_SCRAPE_TIMEOUT] (``inf``, ``nan``, ``1e12``...) gets the default."""
+    positive number (``inf``, ``nan``, ``-1``...) gets the default; one above
+    MAX_SCRAPE_TIMEOUT (``1e12``) is capped there."""
     try:
         timeout = float(header) if header is not None else DEFAULT_SCRAPE_TIMEOUT
     except ValueError:
         timeout = DEFAULT_SCRAPE_TIMEOUT
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_SCRAPE_TIMEOUT):
+    if not (math.isfinite(timeout) and timeout > 0):
         timeout = DEFAULT_SCRAPE_TIMEOUT
+    timeout = min(timeout, MAX_SCRAPE_TIMEOUT)
     return timeout - offset if timeout > offset else timeout / 2
 
 
