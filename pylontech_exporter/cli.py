@@ -179,7 +179,7 @@ def build_parser(command: str | None = None) -> Parser:
         type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="how long to wait for a response (default %(default)s)",
+        help="how long a response may stay silent before it counts as lost (default %(default)s)",
     )
     source.add_argument(
         "--serial.command-gap",

@@ -12,7 +12,7 @@ YAML schema (``--config.file``)::
         port: /dev/ttyUSB0    # device path or pyserial URL (socket://host:port, rfc2217://...)
         group: 0              # 0..7, DIP switches 2-4 of the master; default 0
         baudrate: 115200      # default: --serial.baudrate
-        timeout: 1.0          # seconds to wait for a response; default: --serial.timeout
+        timeout: 1.0          # seconds a response may stay silent; default: --serial.timeout
         command_gap: 0.0      # pause between requests; default: --serial.command-gap
         modules: 3            # fixed module count: skips discovery; default: discover
         bank_query: auto      # auto | on | off: bank-wide (FF) reads of 0x42/0x44
