@@ -22,8 +22,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pylontech_exporter.codec.frame import decode_frame, encode_frame
-from pylontech_exporter.simulator import BatteryStack, PtySimulator, Reply
+from pylontech_exporter.rs485.frame import decode_frame, encode_frame
+from pylontech_exporter.simulator import BatteryStack, PtySimulator, Reply, Rs485Responder
 
 _PER_MODULE = frozenset({0x42, 0x44, 0x92, 0x93, 0x96})
 
@@ -40,7 +40,8 @@ class Exchange:
 
 @dataclass
 class Line:
-    """Wraps ``stack.handle`` and ``stack.sync`` of a stack served by ``server``."""
+    """Wraps the RS485 responder's ``handle`` and ``stack.sync`` of a stack served by
+    ``server``."""
 
     stack: BatteryStack
     baudrate: int | None = None
@@ -49,15 +50,16 @@ class Line:
     exchanges: list[Exchange] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._handle = self.stack.handle
+        self.responder = Rs485Responder(self.stack)
+        self._handle = self.responder.handle
         self._sync = self.stack.sync
         self._started = 0.0
         self._lock = threading.Lock()
-        self.stack.handle = self._timed_handle  # type: ignore[method-assign]
+        self.responder.handle = self._timed_handle  # type: ignore[method-assign]
         self.stack.sync = self._timed_sync  # type: ignore[method-assign]
 
     def serve_pty(self, link: str) -> PtySimulator:
-        server = PtySimulator(self.stack, link, baudrate=None, latency=0.0)
+        server = PtySimulator(self.responder, link, baudrate=None, latency=0.0)
         self._server = server
         self.set_speed(self.baudrate, self.latency)
         return server

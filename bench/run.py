@@ -28,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pylontech_exporter.client import Pylontech
-from pylontech_exporter.codec import payloads
-from pylontech_exporter.codec.frame import decode_frame, encode_request
+from pylontech_exporter.rs485.client import Pylontech
+from pylontech_exporter.rs485 import payloads
+from pylontech_exporter.rs485.frame import decode_frame, encode_request
 from pylontech_exporter.config import BankConfig, SerialSettings
 from pylontech_exporter.poller import Poller, Snapshot
-from pylontech_exporter.simulator import BatteryStack
+from pylontech_exporter.simulator import BatteryStack, Rs485Responder
 
 from . import peers
 from .line import Line
@@ -216,7 +216,7 @@ def measure_peers(
 def measure_decode() -> dict[str, float]:
     """Frames per second for a bank-wide 0x42 answer of 16 modules x 16 cells."""
     stack = BatteryStack(modules=16, model=MODEL, seed=1)
-    raw = stack.respond(encode_request(2, 0x42, bytes([payloads.ALL_MODULES])))
+    raw = Rs485Responder(stack).respond(encode_request(2, 0x42, bytes([payloads.ALL_MODULES])))
     assert raw is not None
 
     def ours() -> object:

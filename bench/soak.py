@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pylontech_exporter.simulator import BatteryStack  # noqa: E402
+from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator  # noqa: E402
 
 #: Fault kinds mixed into the plan (options for each); the rate is split evenly.
@@ -95,7 +96,7 @@ def main() -> int:
     each = args.fault_rate / len(MIX)
     for kind, options in MIX:
         stack.faults.add(kind, probability=each, **options)
-    simulator = TcpSimulator(stack, latency=0).start()
+    simulator = TcpSimulator(Rs485Responder(stack), latency=0).start()
     port = free_port()
     exporter = subprocess.Popen(
         [

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable
 
-from .poller import Snapshot
+from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

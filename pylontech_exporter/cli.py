@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn
 
-from . import __version__
+from ._version import __version__
 from .config import (
     DEFAULT_BAUDRATE,
     DEFAULT_COMMAND_GAP,
@@ -528,7 +528,7 @@ def group_of(address: int) -> int:
 
 
 def scan(args: argparse.Namespace) -> int:
-    from .client import Pylontech
+    from .rs485.client import Pylontech
     from .errors import PylontechError, TransportError
     from .models import module_position
 

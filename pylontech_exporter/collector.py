@@ -1,6 +1,6 @@
 """Prometheus metric families from a snapshot (the contract is docs/metrics.md).
 
-Each small collector class turns one part of a :class:`~pylontech_exporter.poller.Snapshot`
+Each small collector class turns one part of a :class:`~pylontech_exporter.snapshot.Snapshot`
 into fresh metric families; :class:`PylontechCollector` asks the snapshot cache for a
 snapshot on every scrape and chains them. A module whose analog values were not read in
 this scrape exports ``pylontech_module_up 0`` and nothing else; a bank that was not read
@@ -21,9 +21,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from . import __version__
-from .models import AlarmState, ModuleAlarms, ModuleStatus, Protections
-from .poller import FAILURE_REASONS, BankReading, ModuleReading, Snapshot
+from ._version import __version__
+from .errors import FAILURE_REASONS
+from .models import AlarmState, ModuleAlarms, ModuleStatus, Protections, sensor_name
+from .snapshot import BankReading, ModuleReading, Snapshot
 
 #: Deadline (time.monotonic()) of the scrape being served on this thread.
 scrape_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -46,43 +47,6 @@ CHARGE_REQUESTS = {
     "charge_immediately_2": "charge_immediately_2",
     "full_charge": "full_charge_request",
 }
-
-
-def sensor_name(index: int) -> str:
-    """Label value of the ``index``-th (0-based) temperature of a module."""
-    if index == 0:
-        return "bms"
-    if index <= 4:
-        return f"cells_{index}"
-    if index == 5:
-        return "mosfet"
-    return f"t{index + 1}"
-
-
-def active_alarms(alarms: ModuleAlarms) -> list[str]:
-    """What is not normal in a module's alarm info, in words ("cell 4 high",
-    "temperature cells_1 low", "protection module_over_voltage"...): the one summary the
-    landing page and ``dump`` show."""
-    active = [f"protection {name}" for name in alarms.protections.active()]
-    active += [
-        f"cell {i} {s.name.lower()}"
-        for i, s in enumerate(alarms.cell_states, 1)
-        if s != AlarmState.NORMAL
-    ]
-    active += [
-        f"temperature {sensor_name(i)} {s.name.lower()}"
-        for i, s in enumerate(alarms.temperature_states)
-        if s != AlarmState.NORMAL
-    ]
-    for name, state in (
-        ("charge current", alarms.charge_current_state),
-        ("module voltage", alarms.voltage_state),
-        ("discharge current", alarms.discharge_current_state),
-    ):
-        if state != AlarmState.NORMAL:
-            active.append(f"{name} {state.name.lower()}")
-    active += [f"cell {i} voltage error" for i, e in enumerate(alarms.cell_voltage_errors, 1) if e]
-    return active
 
 
 def _up_modules(snapshot: Snapshot) -> Iterator[tuple[BankReading, ModuleReading]]:

@@ -31,13 +31,13 @@ def simulated_config(
 ) -> Iterator[Config]:
     """Start a virtual stack of ``modules`` modules in each of ``groups`` (default
     ``[0]``) and yield a config whose banks read it; stop it on exit."""
-    from .simulator import BatteryStack
+    from .simulator import BatteryStack, Rs485Responder
     from .simulator.serve import serve_tcp
 
     groups = groups or [0]
     stack = BatteryStack(modules=modules, groups=groups, model=SIMULATED_MODEL)
     stack.follow_clock()
-    server = serve_tcp(stack, "127.0.0.1", 0, latency=latency)
+    server = serve_tcp(Rs485Responder(stack), "127.0.0.1", 0, latency=latency)
     try:
         serial = SerialSettings(port=server.url, timeout=timeout)
         banks = [BankConfig(name=str(g), serial=serial, group=g) for g in groups]

@@ -8,8 +8,8 @@ import json
 import math
 from typing import Any
 
-from .collector import active_alarms, sensor_name
-from .poller import ModuleReading, Snapshot
+from .models import active_alarms, sensor_name
+from .snapshot import ModuleReading, Snapshot
 
 
 def _plain(value: Any) -> Any:

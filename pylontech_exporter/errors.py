@@ -2,10 +2,25 @@
 
 Callers catch :class:`PylontechError` for any protocol trouble, or a subclass to tell a
 garbled frame from a battery that said no from a silent bus. Each class carries a short
-``reason`` that the exporter uses as the label of its failure counter.
+``reason`` that the exporter uses as the label of its failure counter. This module is a
+leaf: it imports nothing of this package, so every layer can raise these.
 """
 
 from __future__ import annotations
+
+
+#: The return codes (RTN, the CID2 of a response) of the protocol and what they mean.
+RETURN_CODE_NAMES: dict[int, str] = {
+    0x00: "normal",
+    0x01: "VER error",
+    0x02: "CHKSUM error",
+    0x03: "LCHKSUM error",
+    0x04: "CID2 invalid",
+    0x05: "command format error",
+    0x06: "invalid data",
+    0x90: "ADR error",
+    0x91: "internal communication error",
+}
 
 
 class PylontechError(Exception):
@@ -36,14 +51,9 @@ class ResponseError(PylontechError):
     reason = "return_code"
 
     def __init__(self, code: int, address: int | None = None) -> None:
-        from .codec.frame import ReturnCode  # local: the codec imports this module
-
         self.code = code
         self.address = address
-        try:
-            name = ReturnCode(code).description
-        except ValueError:
-            name = "unknown return code"
+        name = RETURN_CODE_NAMES.get(code, "unknown return code")
         where = f" from address 0x{address:02X}" if address is not None else ""
         super().__init__(f"{name} (0x{code:02X}){where}")
 
@@ -64,3 +74,22 @@ class WriteCommandRefused(PylontechError, ValueError):
     """Someone asked to encode a write command (0x94, 0x95). This package is read-only."""
 
     reason = "refused"
+
+
+class ListenOnlyError(PylontechError):
+    """Something tried to send on a line opened listen-only. Never happens by design; the
+    transport raises it so that a mistake cannot put a byte on another master's bus."""
+
+    reason = "refused"
+
+
+#: What can go wrong with a request on the bus; their reasons label the failure counter,
+#: which exports each of them from the start, at 0.
+BUS_FAILURES: tuple[type[PylontechError], ...] = (
+    ResponseTimeout,
+    ChecksumError,
+    FrameError,
+    ResponseError,
+    TransportError,
+)
+FAILURE_REASONS: tuple[str, ...] = tuple(error.reason for error in BUS_FAILURES)

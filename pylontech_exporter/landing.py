@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from html import escape
 
-from . import __version__
-from .collector import active_alarms
+from ._version import __version__
 from .config import BankConfig
-from .poller import ModuleReading, Snapshot
+from .models import active_alarms
+from .snapshot import ModuleReading, Snapshot
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em;

@@ -83,6 +83,18 @@ class GroupValues:
         return sum(m.remaining_capacity for m in self.modules) / total if total else math.nan
 
 
+def sensor_name(index: int) -> str:
+    """Label of the ``index``-th (0-based) temperature of a module's 0x42 answer: ``bms``,
+    ``cells_1`` .. ``cells_4`` (the cell-group averages), ``mosfet``, then ``t7``, ``t8``..."""
+    if index == 0:
+        return "bms"
+    if index <= 4:
+        return f"cells_{index}"
+    if index == 5:
+        return "mosfet"
+    return f"t{index + 1}"
+
+
 class AlarmState(enum.IntEnum):
     """State byte of one measurement in the alarm info (command 0x44)."""
 
@@ -225,3 +237,29 @@ class ProtocolVersion:
 
     def __str__(self) -> str:
         return f"{self.major}.{self.minor}"
+
+
+def active_alarms(alarms: ModuleAlarms) -> list[str]:
+    """What is not normal in a module's alarm info, in words ("cell 4 high",
+    "temperature cells_1 low", "protection module_over_voltage"...): the one summary the
+    landing page and ``dump`` show."""
+    active = [f"protection {name}" for name in alarms.protections.active()]
+    active += [
+        f"cell {i} {s.name.lower()}"
+        for i, s in enumerate(alarms.cell_states, 1)
+        if s != AlarmState.NORMAL
+    ]
+    active += [
+        f"temperature {sensor_name(i)} {s.name.lower()}"
+        for i, s in enumerate(alarms.temperature_states)
+        if s != AlarmState.NORMAL
+    ]
+    for name, state in (
+        ("charge current", alarms.charge_current_state),
+        ("module voltage", alarms.voltage_state),
+        ("discharge current", alarms.discharge_current_state),
+    ):
+        if state != AlarmState.NORMAL:
+            active.append(f"{name} {state.name.lower()}")
+    active += [f"cell {i} voltage error" for i, e in enumerate(alarms.cell_voltage_errors, 1) if e]
+    return active

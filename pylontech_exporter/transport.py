@@ -1,10 +1,12 @@
 """The serial line: open a pyserial URL, send a request, read back one frame.
 
-Knows nothing about what frames mean. Any pyserial URL works: a device path
+Knows nothing about what frames mean: the framer handed in cuts the byte stream into
+units (RS485 frames, console answers). Any pyserial URL works: a device path
 (``/dev/ttyUSB0``, ``/dev/serial/by-id/...``), ``socket://host:port`` for RS485-to-Ethernet
 gateways, ``rfc2217://host:port``. After an I/O failure (adapter unplugged, gateway reset)
 the port is closed and the next request reopens it, so callers see one failed request,
-not a dead object.
+not a dead object. A line opened ``listen_only`` refuses every write: it is for buses
+where another device is the master.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import math
 import re
 import time
 from collections import deque
+from typing import Protocol
 
 import serial
 
-from .codec.stream import MAX_FRAME_BYTES, FrameSplitter
-from .errors import ResponseTimeout, TransportError
+from .errors import ListenOnlyError, ResponseTimeout, TransportError
 
 try:
     import termios
@@ -40,6 +42,16 @@ DEFAULT_BAUDRATE = 115200
 WRITE_TIMEOUT = 2.0
 
 
+class Framer(Protocol):
+    """Cuts received bytes into units (frames, answers); see ``rs485.stream.FrameSplitter``."""
+
+    #: The longest unit it hands out, in bytes.
+    max_frame_bytes: int
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+    def clear(self) -> None: ...
+
+
 class SerialTransport:
     """One serial line. Not thread-safe: the client serialises access."""
 
@@ -48,7 +60,9 @@ class SerialTransport:
         port: str,
         baudrate: int = DEFAULT_BAUDRATE,
         *,
+        framer: Framer,
         command_gap: float = 0.0,
+        listen_only: bool = False,
     ) -> None:
         if baudrate <= 0:
             raise ValueError(f"baud rate must be positive, not {baudrate}")
@@ -58,8 +72,10 @@ class SerialTransport:
         self.baudrate = baudrate
         #: Minimum pause between the end of one exchange and the next request.
         self.command_gap = command_gap
+        #: Never write: another device is the bus master.
+        self.listen_only = listen_only
         self._serial: serial.SerialBase | None = None
-        self._splitter = FrameSplitter()
+        self._splitter = framer
         #: Frames already received but not yet handed out (two frames in one read).
         self._pending: deque[bytes] = deque()
         self._last_activity = 0.0
@@ -100,6 +116,8 @@ class SerialTransport:
 
     def send(self, request: bytes) -> None:
         """Discard stale input, honour the command gap, write ``request``."""
+        if self.listen_only:
+            raise ListenOnlyError(f"{self.port} is open listen-only; nothing may be sent")
         self.open()
         assert self._serial is not None
         pause = self._last_activity + self.command_gap - time.monotonic()
@@ -119,7 +137,7 @@ class SerialTransport:
     @property
     def longest_frame_seconds(self) -> float:
         """Time the longest possible frame takes on the wire at this baud rate."""
-        return MAX_FRAME_BYTES * 10 / self.baudrate
+        return self._splitter.max_frame_bytes * 10 / self.baudrate
 
     def read_frame(self, timeout: float, limit: float = math.inf) -> bytes:
         """The next candidate frame (``~`` .. CR).

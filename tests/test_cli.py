@@ -10,19 +10,14 @@ import time
 
 import pytest
 import serial
-from test_exporter_support import (
-    Exporter,
-    clean_env,
-    expected_readings,
-    frozen_stack,
-    key,
-    run_cli,
-    select,
-)
+from support.metrics import expected_readings, key, select
+from support.processes import Exporter, clean_env, run_cli
+from support.stacks import frozen_stack
 
 from pylontech_exporter import __version__
 from pylontech_exporter.cli import build_parser, env_name, parse_args
 from pylontech_exporter.server import parse_listen_address
+from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator
 
 # (command, flag arguments, dest, parsed value, the same as environment variable text)
@@ -242,7 +237,7 @@ def test_listen_address_in_use_exit_2():
 
 def test_scan_lists_every_module_with_serial_and_firmware():
     stack = frozen_stack(modules=2, groups=2, model="US3000C")  # groups 1 and 2
-    with TcpSimulator(stack, latency=0) as tcp:
+    with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
         result = run_cli(
             "scan", "--serial.port", tcp.url, "--group", "1", "--group", "2",
             "--scan.timeout", "0.05",
@@ -273,7 +268,7 @@ def test_scan_lists_every_module_with_serial_and_firmware():
 def test_scan_with_nothing_answering_exits_1():
     stack = frozen_stack(modules=1)
     stack.remove_module(0x02)
-    with TcpSimulator(stack, latency=0) as tcp:
+    with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
         result = run_cli("scan", "--serial.port", tcp.url, "--group", "0", "--scan.timeout", "0.02")
     assert result.returncode == 1
     assert "no battery answered" in result.stderr
@@ -281,7 +276,7 @@ def test_scan_with_nothing_answering_exits_1():
 
 def test_dump_table_and_json():
     stack = frozen_stack(modules=3, model="US3000C")
-    with TcpSimulator(stack, latency=0) as tcp:
+    with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
         table = run_cli("dump", "--serial.port", tcp.url, "--serial.timeout", "0.2")
         as_json = run_cli("dump", "--json", "--serial.port", tcp.url, "--serial.timeout", "0.2")
     assert table.returncode == 0, table.stderr
@@ -310,7 +305,7 @@ def test_dump_table_and_json():
 @pytest.fixture
 def tcp():
     stack = frozen_stack(modules=2, model="US3000C")
-    with TcpSimulator(stack, latency=0) as server:
+    with TcpSimulator(Rs485Responder(stack), latency=0) as server:
         server.stack_ = stack
         yield server
 

@@ -9,24 +9,37 @@ returning a list of problems; each has a negative test on a deliberately broken 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import json
 import re
-from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import pytest
 import yaml
+from support import REPO
+from support.dashboard import (
+    NON_QUERY_PANELS,
+    all_panels,
+    load_dashboard,
+    panel_name,
+    parse_label_values,
+    promql_exprs,
+    query_panels,
+    variable_query,
+    variables,
+)
+from support.rules import (
+    assert_promtool_ok,
+    iter_rules,
+    known_metric_names,
+    load_groups,
+    metric_names_in_promql,
+    recording_rule_names,
+    require_binary,
+    rule_files,
+    run_promtool,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-DASHBOARD = REPO / "grafana" / "pylontech.json"
 PROVISIONING = REPO / "grafana" / "provisioning"
 DASHBOARD_UID = "pylontech-overview"
 DATASOURCE_REFS = frozenset({"$datasource", "${datasource}"})
-# Panels that query nothing and so need neither data source nor unit.
-NON_QUERY_PANELS = frozenset({"row", "text", "dashlist", "news"})
-# Series Prometheus itself makes, usable besides the exporter's metrics.
-PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS"})
 # Grafana's built-in variables, replaced by plain values before promtool parses an expr.
 GRAFANA_BUILTINS = {
     "$__rate_interval": "1m",
@@ -34,81 +47,6 @@ GRAFANA_BUILTINS = {
     "$__range_s": "3600",
     "$__range": "1h",
 }
-
-
-def _load_rule_helpers():
-    """Load tests/test_rules.py by path (works with or without tests/__init__.py)."""
-    spec = importlib.util.spec_from_file_location(
-        "pylontech_rule_helpers", Path(__file__).with_name("test_rules.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rules = _load_rule_helpers()
-promtool = rules.promtool  # the fixture: skips or fails when promtool is missing
-
-
-# --------------------------------------------------------------------------------------
-# walking the dashboard
-# --------------------------------------------------------------------------------------
-
-
-def load_dashboard(path: Path = DASHBOARD) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def iter_panels(panels: Iterable[dict]) -> Iterator[dict]:
-    """Every panel, including those nested in (collapsed) rows."""
-    for panel in panels:
-        yield panel
-        yield from iter_panels(panel.get("panels", []))
-
-
-def all_panels(dashboard: dict) -> list[dict]:
-    return list(iter_panels(dashboard.get("panels", [])))
-
-
-def query_panels(dashboard: dict) -> list[dict]:
-    return [p for p in all_panels(dashboard) if p.get("type") not in NON_QUERY_PANELS]
-
-
-def variables(dashboard: dict) -> dict[str, dict]:
-    return {v["name"]: v for v in dashboard.get("templating", {}).get("list", [])}
-
-
-def panel_name(panel: dict) -> str:
-    return f"panel {panel.get('id')} {panel.get('title')!r}"
-
-
-def variable_query(variable: dict) -> str:
-    query = variable.get("query", "")
-    return query.get("query", "") if isinstance(query, dict) else str(query)
-
-
-def label_values_metric(query: str) -> str | None:
-    """The series selector of `label_values(selector, label)`, if that is the query."""
-    match = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query, flags=re.DOTALL)
-    return match.group(1) if match else None
-
-
-def promql_exprs(dashboard: dict) -> list[tuple[str, str]]:
-    """(where, expr) for every PromQL expression in panels, annotations and variables."""
-    found = []
-    for panel in all_panels(dashboard):
-        for target in panel.get("targets", []):
-            if target.get("expr"):
-                found.append((f"{panel_name(panel)} target {target.get('refId')}", target["expr"]))
-    for annotation in dashboard.get("annotations", {}).get("list", []):
-        if annotation.get("expr"):
-            found.append((f"annotation {annotation.get('name')!r}", annotation["expr"]))
-    for name, variable in variables(dashboard).items():
-        if variable.get("type") == "query":
-            query = variable_query(variable)
-            selector = label_values_metric(query)
-            found.append((f"variable {name}", selector if selector is not None else query))
-    return found
 
 
 def uses_datasource_variable(datasource) -> bool:
@@ -233,11 +171,11 @@ def check_variables(dashboard: dict) -> list[str]:
         if variable is None:
             problems.append(f"variable {name} missing")
             continue
-        selector = label_values_metric(variable_query(variable))
-        if variable.get("type") != "query" or selector is None:
+        parsed = parse_label_values(variable_query(variable))
+        if variable.get("type") != "query" or parsed is None:
             problems.append(f"variable {name}: not a label_values query")
-        elif rules.metric_names_in_promql(selector) != {metric}:
-            problems.append(f"variable {name}: label_values on {selector!r}, expected {metric}")
+        elif metric_names_in_promql(parsed[0]) != {metric}:
+            problems.append(f"variable {name}: label_values on {parsed[0]!r}, expected {metric}")
         if name in ("bank", "module") and not (
             variable.get("multi") and variable.get("includeAll")
         ):
@@ -248,16 +186,16 @@ def check_variables(dashboard: dict) -> list[str]:
 def check_metric_names(dashboard: dict, known: set[str]) -> list[str]:
     problems = []
     for where, expr in promql_exprs(dashboard):
-        for metric in sorted(rules.metric_names_in_promql(expr) - known):
+        for metric in sorted(metric_names_in_promql(expr) - known):
             problems.append(f"{where}: unknown metric {metric!r}")
     return problems
 
 
 def check_alert_thresholds_drawn(dashboard: dict, groups: list[dict]) -> list[str]:
     """An alert `<recording rule> > N` has N drawn as a threshold line on a panel of it."""
-    recorded = rules.recording_rule_names(groups)
+    recorded = recording_rule_names(groups)
     problems = []
-    for rule in rules.iter_rules(groups):
+    for rule in iter_rules(groups):
         if "alert" not in rule:
             continue
         match = re.fullmatch(r"\s*([\w:]+)\s*[<>]=?\s*([0-9.]+)\s*", rule["expr"])
@@ -290,12 +228,17 @@ def dashboard() -> dict:
 
 @pytest.fixture(scope="module")
 def groups() -> list[dict]:
-    return rules.load_groups(rules.rule_files())
+    return load_groups(rule_files())
 
 
 @pytest.fixture(scope="module")
 def known() -> set[str]:
-    return rules.contract_metric_names() | rules.recording_rule_names() | PROMETHEUS_BUILTINS
+    return known_metric_names()
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    return require_binary("promtool")
 
 
 def test_dashboard_parses(dashboard):
@@ -375,7 +318,7 @@ def test_promql_parses(dashboard, promtool, tmp_path):
     }
     path = tmp_path / "dashboard_exprs.yml"
     path.write_text(yaml.safe_dump({"groups": [group]}), encoding="utf-8")
-    rules.assert_promtool_ok(rules.run_promtool(promtool, "check", "rules", path))
+    assert_promtool_ok(run_promtool(promtool, "check", "rules", path))
 
 
 # --------------------------------------------------------------------------------------
@@ -453,7 +396,7 @@ def test_check_metric_names_catches_typo(dashboard, known):
 
 def test_check_alert_thresholds_drawn_catches_drift(dashboard, groups):
     broken = copy.deepcopy(groups)
-    for rule in rules.iter_rules(broken):
+    for rule in iter_rules(broken):
         if rule.get("alert") == "PylontechCellVoltageImbalance":
             rule["expr"] = rule["expr"].replace("0.05", "0.04")
     problems = check_alert_thresholds_drawn(dashboard, broken)
@@ -465,4 +408,4 @@ def test_promql_parse_check_catches_syntax_error(promtool, tmp_path):
     path = tmp_path / "bad.yml"
     group = {"name": "d", "rules": [{"record": "a:b:c", "expr": "sum by (bank (pylontech_up)"}]}
     path.write_text(yaml.safe_dump({"groups": [group]}), encoding="utf-8")
-    assert rules.run_promtool(promtool, "check", "rules", path).returncode != 0
+    assert run_promtool(promtool, "check", "rules", path).returncode != 0

@@ -9,7 +9,7 @@ import contextlib
 import pytest
 
 from pylontech_exporter import Pylontech
-from pylontech_exporter.simulator import BatteryStack
+from pylontech_exporter.simulator import BatteryStack, Rs485Responder
 from pylontech_exporter.simulator.serve import PtySimulator
 
 peer = pytest.importorskip("pylontech")
@@ -21,7 +21,7 @@ def link(tmp_path):
     exclusively, so each test reads with ours first, closes, then with theirs."""
     stack = BatteryStack(modules=3, model="US3000C", seed=11)
     stack.freeze()
-    with PtySimulator(stack, tmp_path / "battery", latency=0) as server:
+    with PtySimulator(Rs485Responder(stack), tmp_path / "battery", latency=0) as server:
         yield str(server.link)
 
 

@@ -16,19 +16,13 @@ import os
 from pathlib import Path
 
 import pytest
-from test_exporter_support import (
-    Exporter,
-    Key,
-    assert_readings_equal,
-    expected_readings,
-    frozen_stack,
-    key,
-    readings,
-    select,
-    wait_for,
-)
-from test_reliability_support import InProcessExporter, bank, handler_threads, resources
+from support.inprocess import InProcessExporter, bank, handler_threads, resources
+from support.metrics import Key, assert_readings_equal, expected_readings, key, readings, select
+from support.processes import Exporter
+from support.stacks import frozen_stack
+from support.waiting import wait_for
 
+from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
 
 RETURN_CODES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x90, 0x91)
@@ -97,7 +91,7 @@ def stack():
 )
 def test_fault_on_the_master(stack, kind, options, reason, master_up):
     with (
-        TcpSimulator(stack, latency=0) as tcp,
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
         InProcessExporter(bank(tcp.url, timeout=0.08)) as exporter,
     ):
         before = exporter.scrape()
@@ -125,7 +119,10 @@ def test_fault_on_the_master(stack, kind, options, reason, master_up):
 
 
 def test_module_disappears_and_comes_back(stack):
-    with TcpSimulator(stack, latency=0) as tcp, InProcessExporter(bank(tcp.url)) as exporter:
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        InProcessExporter(bank(tcp.url)) as exporter,
+    ):
         first = exporter.scrape()
         stack.set_current(-3.0)
         vanish = stack.faults.add("vanish", module=0x03)  # module 2 unplugged
@@ -142,7 +139,10 @@ def test_module_disappears_and_comes_back(stack):
 def test_bank_query_unsupported_falls_back_without_losing_data(stack):
     """``nobank``: the master answers the FF query for itself alone, every time."""
     stack.faults.add("nobank")
-    with TcpSimulator(stack, latency=0) as tcp, InProcessExporter(bank(tcp.url)) as exporter:
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        InProcessExporter(bank(tcp.url)) as exporter,
+    ):
         for _ in range(2):
             samples = exporter.scrape()
             assert module_up(samples) == {1: 1.0, 2: 1.0, 3: 1.0}
@@ -162,7 +162,7 @@ def _assert_bus_down(samples: dict[Key, float], before: dict[Key, float]) -> Non
 
 
 def test_tcp_gateway_refuses_then_comes_back(stack):
-    tcp = TcpSimulator(stack, latency=0).start()
+    tcp = TcpSimulator(Rs485Responder(stack), latency=0).start()
     port = tcp.port
     with InProcessExporter(bank(tcp.url)) as exporter:
         good = exporter.scrape()
@@ -171,7 +171,7 @@ def test_tcp_gateway_refuses_then_comes_back(stack):
             samples = exporter.scrape()
             _assert_bus_down(samples, good)
             assert exporter.get("/")[0] == 200
-        with TcpSimulator(stack, port=port, latency=0):
+        with TcpSimulator(Rs485Responder(stack), port=port, latency=0):
             stack.set_current(2.0)
             samples = exporter.scrape()
             assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
@@ -179,11 +179,13 @@ def test_tcp_gateway_refuses_then_comes_back(stack):
 
 
 def test_tcp_gateway_reset_between_scrapes_costs_one_request(stack):
-    tcp = TcpSimulator(stack, latency=0).start()
+    tcp = TcpSimulator(Rs485Responder(stack), latency=0).start()
     with InProcessExporter(bank(tcp.url)) as exporter:
         good = exporter.scrape()
         tcp.stop()
-        tcp = TcpSimulator(stack, port=tcp.port, latency=0).start()  # a gateway reboot
+        tcp = TcpSimulator(
+            Rs485Responder(stack), port=tcp.port, latency=0
+        ).start()  # a gateway reboot
         try:
             samples = exporter.scrape()
         finally:
@@ -195,7 +197,7 @@ def test_tcp_gateway_reset_between_scrapes_costs_one_request(stack):
 
 def test_pty_closed_and_device_removed_then_back(stack, tmp_path: Path):
     link = tmp_path / "ttyUSB0"
-    pty = PtySimulator(stack, link, latency=0).start()
+    pty = PtySimulator(Rs485Responder(stack), link, latency=0).start()
     with InProcessExporter(bank(str(link))) as exporter:
         good = exporter.scrape()
         pty.stop()  # the adapter is unplugged: the pty closes, the device node goes away
@@ -203,7 +205,9 @@ def test_pty_closed_and_device_removed_then_back(stack, tmp_path: Path):
         for _ in range(2):
             samples = exporter.scrape()
             _assert_bus_down(samples, good)
-        with PtySimulator(stack, link, latency=0):  # plugged in again (a new pts device)
+        with PtySimulator(
+            Rs485Responder(stack), link, latency=0
+        ):  # plugged in again (a new pts device)
             stack.set_current(1.0)
             samples = exporter.scrape()
             assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
@@ -212,7 +216,7 @@ def test_pty_closed_and_device_removed_then_back(stack, tmp_path: Path):
 def _fault_cycles(stack, exporter, url_port: int, cycles: int) -> None:
     """Gateway gone and back, plus a timeout fault and a checksum fault, ``cycles`` times."""
     for cycle in range(cycles):
-        tcp = TcpSimulator(stack, port=url_port, latency=0).start()
+        tcp = TcpSimulator(Rs485Responder(stack), port=url_port, latency=0).start()
         try:
             stack.faults.add("drop", address=0x03, count=1)
             stack.faults.add("chksum", address=0x04, count=2)
@@ -228,7 +232,7 @@ def _fault_cycles(stack, exporter, url_port: int, cycles: int) -> None:
 
 
 def test_no_thread_or_fd_leak_over_many_fault_cycles(stack):
-    tcp = TcpSimulator(stack, latency=0).start()
+    tcp = TcpSimulator(Rs485Responder(stack), latency=0).start()
     port = tcp.port
     tcp.stop()
     with InProcessExporter(bank(tcp.url)) as exporter:
@@ -249,7 +253,7 @@ def test_no_thread_or_fd_leak_over_many_fault_cycles(stack):
 
 def test_real_process_survives_faults_and_gateway_loss_without_leaks():
     stack = frozen_stack(modules=3, model="US3000C")
-    tcp = TcpSimulator(stack, latency=0).start()
+    tcp = TcpSimulator(Rs485Responder(stack), latency=0).start()
     port = tcp.port
     try:
         with Exporter(
@@ -260,7 +264,7 @@ def test_real_process_survives_faults_and_gateway_loss_without_leaks():
             pid = exporter.process.pid
 
             def cycle(scrapes: int) -> None:
-                with TcpSimulator(stack, port=port, latency=0):
+                with TcpSimulator(Rs485Responder(stack), port=port, latency=0):
                     for kind, options in (
                         ("chksum", {"address": 2}),
                         ("rtn", {"code": 0x90, "address": 2}),
@@ -303,7 +307,7 @@ def test_real_process_survives_faults_and_gateway_loss_without_leaks():
 def test_real_process_pty_unplugged_and_replugged(tmp_path: Path):
     stack = frozen_stack(modules=2, model="US2000C")
     link = tmp_path / "ttyUSB0"
-    pty = PtySimulator(stack, link, latency=0).start()
+    pty = PtySimulator(Rs485Responder(stack), link, latency=0).start()
     try:
         with Exporter(
             "--serial.port", str(link), "--serial.timeout", "0.1", "--cache.ttl", "0"
@@ -314,7 +318,7 @@ def test_real_process_pty_unplugged_and_replugged(tmp_path: Path):
             assert samples[key("pylontech_up", bank="0")] == 0.0
             assert not readings(samples)
             assert failures(samples)["transport"] >= 1
-            pty = PtySimulator(stack, link, latency=0).start()
+            pty = PtySimulator(Rs485Responder(stack), link, latency=0).start()
             stack.set_current(3.3)
             assert_readings_equal(readings(exporter.scrape()), expected_readings(stack, "0", 0))
             assert any("bank answers again" in line for line in exporter.lines)

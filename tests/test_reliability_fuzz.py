@@ -12,9 +12,9 @@ import tty
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pylontech_exporter.client import Pylontech
-from pylontech_exporter.codec.frame import Frame, encode_frame
 from pylontech_exporter.errors import PylontechError
+from pylontech_exporter.rs485.client import Pylontech
+from pylontech_exporter.rs485.frame import Frame, encode_frame
 
 TIMEOUT = 0.05
 CALLS = {

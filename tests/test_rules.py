@@ -6,121 +6,40 @@ when it is missing, unless PYLONTECH_REQUIRE_PROMETHEUS=1, in which case they fa
 The structural checks (alert metadata, every alert unit-tested, every metric name from
 the contract) are plain Python and always run. Each check is a function returning a list
 of problems, and each has a negative test that feeds it a deliberately broken copy, so a
-check that can no longer fail is noticed. test_dashboard.py reuses the PromQL helpers.
+check that can no longer fail is noticed.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import re
 import shutil
-import subprocess
-from collections.abc import Iterable
-from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parent.parent
-PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
-UNIT_TEST_DIR = REPO / "tests" / "rules"
-METRICS_DOC = REPO / "docs" / "metrics.md"
+from support import REPO
+from support.rules import (
+    PROMETHEUS_DIR,
+    UNIT_TEST_DIR,
+    assert_promtool_ok,
+    contract_metric_names,
+    iter_rules,
+    known_metric_names,
+    load_groups,
+    load_unit_tests,
+    metric_names_in_promql,
+    require_binary,
+    rule_files,
+    run_promtool,
+    unit_test_files,
+)
 
 # Scrape configs and how promtool checks each one.
 SERVER_CONFIGS = [PROMETHEUS_DIR / "prometheus.yml"]
 AGENT_CONFIGS = [PROMETHEUS_DIR / "prometheus-agent.yml"]
 # The compose demo's config names rule files by their path inside the container.
 SYNTAX_ONLY_CONFIGS = [REPO / "deploy" / "docker" / "prometheus.yml"]
-
-# Series that are not the exporter's but may be used: Prometheus's own scrape health.
-PROMETHEUS_BUILTIN_METRICS = frozenset({"up"})
 SEVERITIES = frozenset({"info", "warning", "critical"})
-
-
-# --------------------------------------------------------------------------------------
-# loading
-# --------------------------------------------------------------------------------------
-
-
-def rule_files() -> list[Path]:
-    """Every YAML file under deploy/prometheus that holds rule groups."""
-    found = []
-    for path in sorted(PROMETHEUS_DIR.rglob("*.yml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if isinstance(doc, dict) and "groups" in doc:
-            found.append(path)
-    return found
-
-
-def unit_test_files() -> list[Path]:
-    return sorted(UNIT_TEST_DIR.glob("*.yml"))
-
-
-def load_groups(paths: Iterable[Path]) -> list[dict]:
-    groups: list[dict] = []
-    for path in paths:
-        groups.extend(yaml.safe_load(path.read_text(encoding="utf-8"))["groups"])
-    return groups
-
-
-def load_unit_tests(paths: Iterable[Path]) -> list[dict]:
-    return [yaml.safe_load(path.read_text(encoding="utf-8")) for path in paths]
-
-
-def iter_rules(groups: list[dict]) -> Iterable[dict]:
-    for group in groups:
-        yield from group.get("rules", [])
-
-
-def recording_rule_names(groups: list[dict] | None = None) -> set[str]:
-    if groups is None:
-        groups = load_groups(rule_files())
-    return {rule["record"] for rule in iter_rules(groups) if "record" in rule}
-
-
-def contract_metric_names(text: str | None = None) -> set[str]:
-    """Metric names from the tables of docs/metrics.md (first column, backticked)."""
-    if text is None:
-        text = METRICS_DOC.read_text(encoding="utf-8")
-    return set(re.findall(r"^\|\s*`(pylontech_[a-z0-9_]+)`\s*\|", text, flags=re.MULTILINE))
-
-
-def known_metric_names() -> set[str]:
-    return contract_metric_names() | recording_rule_names() | PROMETHEUS_BUILTIN_METRICS
-
-
-# --------------------------------------------------------------------------------------
-# PromQL: which metric names does an expression use?
-# --------------------------------------------------------------------------------------
-
-_PROMQL_KEYWORDS = frozenset(
-    {
-        "and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
-        "group_right", "bool", "offset", "start", "end", "inf", "nan",
-    }
-)  # fmt: skip
-
-
-def metric_names_in_promql(expr: str) -> set[str]:
-    """Metric names referenced by a PromQL expression (Grafana variables allowed).
-
-    A light lexer, not a parser: it drops strings, Grafana variables, label matchers,
-    ranges and grouping clauses, then takes every identifier that is not a function
-    call or a keyword.
-    """
-    s = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
-    s = re.sub(r"\$\{[^}]*\}|\$\w+", " 0 ", s)
-    s = re.sub(r"\{[^}]*\}", " ", s)
-    s = re.sub(r"\[[^\]]*\]", " ", s)
-    s = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    names = set()
-    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)(\s*\()?", s):
-        name, call = match.group(1), match.group(2)
-        if call or name.lower() in _PROMQL_KEYWORDS:
-            continue
-        names.add(name)
-    return names
 
 
 # --------------------------------------------------------------------------------------
@@ -189,33 +108,7 @@ def check_recording_rule_names(groups: list[dict]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("PYLONTECH_REQUIRE_PROMETHEUS") == "1":
-            pytest.fail("promtool is not on PATH and PYLONTECH_REQUIRE_PROMETHEUS=1")
-        pytest.skip(
-            "promtool is not on PATH (Debian package 'prometheus'); "
-            "set PYLONTECH_REQUIRE_PROMETHEUS=1 to make this a failure"
-        )
-    return path
-
-
-def run_promtool(promtool: str, *args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [promtool, *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def assert_promtool_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, (
-        f"{' '.join(result.args)} exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
+    return require_binary("promtool")
 
 
 @pytest.mark.prometheus

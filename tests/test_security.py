@@ -10,26 +10,20 @@ import socket
 import ssl
 import tokenize
 import urllib.error
-from pathlib import Path
 
 import bcrypt
 import pytest
-import trustme
-from test_exporter_support import (
-    REPO,
-    Exporter,
-    frozen_stack,
-    key,
-    parse,
-    readings,
-    run_cli,
-)
-from test_reliability_support import InProcessExporter, bank, fd_targets
+from support import REPO
+from support.inprocess import InProcessExporter, bank, fd_targets
+from support.metrics import key, parse, readings
+from support.pki import TLS, web
+from support.processes import Exporter, run_cli
+from support.stacks import frozen_stack
 
-from pylontech_exporter.client import Pylontech
-from pylontech_exporter.config import ConfigError
+from pylontech_exporter.rs485.client import Pylontech
+from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator
-from pylontech_exporter.webconfig import load_web_config, parse_web_config
+from pylontech_exporter.webconfig import parse_web_config
 
 READ_COMMANDS = {0x42, 0x44, 0x47, 0x4F, 0x51, 0x92, 0x93, 0x96}
 PASSWORD = "s3cret pässword"
@@ -37,38 +31,11 @@ HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
 
 
 @pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def pki(ca, tmp_path_factory):
-    """Server certificate for 127.0.0.1 from ``ca``; client certificates from a client CA
-    and from a CA the server does not trust."""
-    d = tmp_path_factory.mktemp("pki")
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    server.cert_chain_pems[0].write_to_path(d / "server.crt")
-    server.private_key_pem.write_to_path(d / "server.key")
-    clients = trustme.CA()
-    clients.cert_pem.write_to_path(d / "clients.crt")
-    return {
-        "dir": d,
-        "client": clients.issue_cert("prometheus.example.net"),
-        "other_client": clients.issue_cert("intruder.example.net"),
-        "untrusted": trustme.CA().issue_cert("prometheus.example.net"),
-    }
-
-
-@pytest.fixture(scope="module")
 def tcp():
-    with TcpSimulator(frozen_stack(modules=2, model="US3000C"), latency=0) as server:
+    with TcpSimulator(
+        Rs485Responder(frozen_stack(modules=2, model="US3000C")), latency=0
+    ) as server:
         yield server
-
-
-def web(pki, tmp_path: Path, text: str):
-    path = tmp_path / "web.yml"
-    path.write_text(text.replace("DIR", str(pki["dir"])))
-    return load_web_config(str(path))
 
 
 def client_context(ca, cert=None) -> ssl.SSLContext:
@@ -85,9 +52,6 @@ def fails(exporter: InProcessExporter, context: ssl.SSLContext | None) -> bool:
     except (urllib.error.URLError, ssl.SSLError, ConnectionError, OSError):
         return True
     return status != 200
-
-
-TLS = "tls_server_config:\n  cert_file: DIR/server.crt\n  key_file: DIR/server.key\n"
 
 
 def test_tls_scrape_and_plain_http_refused(ca, pki, tcp, tmp_path):
@@ -207,41 +171,6 @@ def test_tls_and_auth_in_a_real_process(ca, pki, tcp, tmp_path):
         assert error.value.code == 401
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("tls_config: {}\n", "unknown key 'tls_config'"),
-        ("rate_limit: {interval: 1s, burst: 5}\n", "rate_limit is not supported"),
-        (TLS + "  client_auth: x\n", "tls_server_config: unknown key 'client_auth'"),
-        (TLS + "  client_auth_type: RequireAnyClientCert\n", "without verifying them"),
-        (TLS + "  client_auth_type: Always\n", "must be one of NoClientCert"),
-        (TLS + "  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
-        (TLS + "  min_version: TLS14\n", "min_version: must be one of TLS10"),
-        (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
-        (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "cipher_suites is not supported"),
-        ("tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /x.key\n", "does not"),
-        ("tls_server_config:\n  key_file: DIR/server.key\n", "cert_file (or cert) is missing"),
-        (
-            "tls_server_config:\n  cert_file: DIR/server.key\n  key_file: DIR/server.key\n",
-            "cannot load the certificate",
-        ),
-        ("basic_auth_users:\n  alice: hunter2\n", "must be a bcrypt hash"),
-        ("basic_auth_users:\n  alice: $2y$10$short\n", "not a complete bcrypt hash"),
-        ("basic_auth_users: [alice]\n", "basic_auth_users: must be a mapping"),
-        ("http_server_config:\n  headers:\n    Server: x\n", "header not allowed"),
-        ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "must be one of deny"),
-        ("http_server_config:\n  http2: maybe\n", "http2: must be true or false"),
-        ("- a\n", "expected a mapping"),
-        ("tls_server_config: [\n", "not valid YAML"),
-    ],
-)
-def test_bad_web_config_says_what_to_fix(pki, tmp_path, text, message):
-    with pytest.raises(ConfigError) as error:
-        web(pki, tmp_path, text)
-    assert message in str(error.value)
-    assert "\n" not in str(error.value)
-
-
 def test_web_config_inline_pem_and_cli_exit_codes(ca, pki, tmp_path):
     d = pki["dir"]
     inline = parse_web_config(
@@ -312,15 +241,16 @@ def test_no_write_command_reaches_the_bus(tmp_path):
     dump and every client method, against a simulator that records each CID2."""
     stack = frozen_stack(modules=3, model="US3000C")
     seen: set[int] = set()
-    handle = stack.handle
+    slave = Rs485Responder(stack)
+    handle = slave.handle
 
     def recording(request: bytes):
         start = request.rfind(b"~")
         seen.add(int(request[start + 7 : start + 9], 16))
         return handle(request)
 
-    stack.handle = recording  # type: ignore[method-assign]
-    with TcpSimulator(stack, latency=0) as server:
+    slave.handle = recording  # type: ignore[method-assign]
+    with TcpSimulator(slave, latency=0) as server:
         with Exporter(
             "--serial.port", server.url, "--serial.timeout", "0.1", "--cache.ttl", "0"
         ) as e:
@@ -370,42 +300,3 @@ def test_write_command_codes_appear_nowhere_but_the_refusal():
                 if token.type == tokenize.NUMBER and ast.literal_eval(token.string) in (0x94, 0x95):
                     hits.append((path.name, token.line.strip()))
     assert hits == [("frame.py", "WRITE_COMMANDS = frozenset({0x94, 0x95})")] * 2, hits
-
-
-def test_relative_certificate_paths_are_relative_to_the_web_config_file(pki, tmp_path, monkeypatch):
-    (tmp_path / "web.yml").write_text(
-        "tls_server_config:\n"
-        "  cert_file: server.crt\n  key_file: ./server.key\n"
-        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: clients.crt\n"
-    )
-    for name in ("server.crt", "server.key", "clients.crt"):
-        (tmp_path / name).write_bytes((pki["dir"] / name).read_bytes())
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    config = load_web_config(str(tmp_path / "web.yml"))
-    assert config.tls.cert_file == str(tmp_path / "server.crt")
-    assert config.tls.client_ca_file == str(tmp_path / "clients.crt")
-    assert config.ssl_context() is not None
-    # The same names relative to the working directory are not used.
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "elsewhere" / "web.yml").write_text(
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-    )
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_web_config("elsewhere/web.yml")
-
-
-@pytest.mark.parametrize("cost", [4, 5])
-def test_unknown_users_cost_the_same_bcrypt_rounds_as_known_ones(cost, monkeypatch):
-    from pylontech_exporter.webconfig import BasicAuth
-
-    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(cost))
-    checked = []
-    real = bcrypt.checkpw
-    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: checked.append(h) or real(pw, h))
-    auth = BasicAuth({"prometheus": hashed})
-    header = "Basic " + base64.b64encode(b"nobody:pw").decode()
-    assert auth.check(header) is None
-    assert auth.check("Basic " + base64.b64encode(b"prometheus:pw").decode()) == "prometheus"
-    assert [h[4:6] for h in checked] == [hashed[4:6]] * 2

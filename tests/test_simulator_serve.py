@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import serial
 
-from pylontech_exporter.codec.frame import decode_frame, encode_request
-from pylontech_exporter.codec.payloads import ANALOG_VALUES, ANALOG_VALUES_BANK, SERIAL
-from pylontech_exporter.simulator import BatteryStack
+from pylontech_exporter.rs485.frame import decode_frame, encode_request
+from pylontech_exporter.rs485.payloads import ANALOG_VALUES, ANALOG_VALUES_BANK, SERIAL
+from pylontech_exporter.simulator import BatteryStack, Rs485Responder
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator, serve_tcp
 
 pytestmark = pytest.mark.timeout(30)
@@ -80,9 +80,9 @@ def test_tcp_concurrent_clients_get_their_own_answers(tcp_simulator: TcpSimulato
 
 def test_wire_speed_latency_and_fault_delay(stack: BatteryStack) -> None:
     request = encode_request(2, 0x42, b"\x02")
-    size = len(stack.respond(request))
+    size = len(Rs485Responder(stack).respond(request))
     assert 120 <= size <= 160
-    with TcpSimulator(stack, baudrate=9600, latency=0) as server:
+    with TcpSimulator(Rs485Responder(stack), baudrate=9600, latency=0) as server:
         port = serial.serial_for_url(server.url, timeout=2)
         try:
             started = time.monotonic()
@@ -92,7 +92,7 @@ def test_wire_speed_latency_and_fault_delay(stack: BatteryStack) -> None:
         finally:
             port.close()
     stack.faults.add("delay", seconds=0.3, count=1)
-    with serve_tcp(stack, latency=0.1) as server:
+    with serve_tcp(Rs485Responder(stack), latency=0.1) as server:
         port = serial.serial_for_url(server.url, timeout=2)
         try:
             started = time.monotonic()
@@ -109,8 +109,8 @@ def test_stop_leaks_no_thread_or_fd(stack: BatteryStack, tmp_path: Path) -> None
     threads, fds = threading.active_count(), _fds()
     for _ in range(3):
         with (
-            PtySimulator(stack, tmp_path / "bat", latency=0) as pty,
-            TcpSimulator(stack, latency=0) as tcp,
+            PtySimulator(Rs485Responder(stack), tmp_path / "bat", latency=0) as pty,
+            TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
         ):
             assert threading.active_count() == threads + 2
             port = serial.serial_for_url(tcp.url, timeout=2)
@@ -127,7 +127,7 @@ def test_pty_refuses_to_replace_a_regular_file(stack: BatteryStack, tmp_path: Pa
     path = tmp_path / "file"
     path.write_text("keep me")
     with pytest.raises(FileExistsError):
-        PtySimulator(stack, path).start()
+        PtySimulator(Rs485Responder(stack), path).start()
     assert path.read_text() == "keep me"
 
 

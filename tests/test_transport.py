@@ -14,8 +14,10 @@ import tty
 
 import pytest
 
-from pylontech_exporter.codec.frame import Command, Frame, encode_frame, encode_request
 from pylontech_exporter.errors import ResponseTimeout, TransportError
+from pylontech_exporter.rs485.frame import Command, Frame, encode_frame, encode_request
+from pylontech_exporter.rs485.stream import FrameSplitter
+from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.transport import SerialTransport
 
 REQUEST = encode_request(0x02, Command.SERIAL_NUMBER, b"\x02")
@@ -43,7 +45,7 @@ def read_request(fd: int, timeout: float = 2.0) -> bytes:
 
 def test_request_goes_out_and_a_noisy_answer_comes_back(pty_pair):
     master, path = pty_pair
-    line = SerialTransport(path)
+    line = SerialTransport(path, framer=FrameSplitter())
     line.send(REQUEST)
     assert read_request(master) == REQUEST
     os.write(master, b"\x00\x00noise" + ANSWER + b"\x00\x00")
@@ -53,7 +55,7 @@ def test_request_goes_out_and_a_noisy_answer_comes_back(pty_pair):
 
 def test_second_frame_of_one_read_is_kept_for_the_next_read(pty_pair):
     master, path = pty_pair
-    line = SerialTransport(path)
+    line = SerialTransport(path, framer=FrameSplitter())
     line.send(REQUEST)
     os.write(master, ANSWER + OTHER)
     assert line.read_frame(1) == ANSWER
@@ -63,7 +65,7 @@ def test_second_frame_of_one_read_is_kept_for_the_next_read(pty_pair):
 
 def test_stale_input_is_discarded_before_a_request(pty_pair):
     master, path = pty_pair
-    line = SerialTransport(path)
+    line = SerialTransport(path, framer=FrameSplitter())
     line.open()
     os.write(master, OTHER)  # a late answer to some earlier request
     time.sleep(0.05)
@@ -75,7 +77,7 @@ def test_stale_input_is_discarded_before_a_request(pty_pair):
 
 def test_silence_times_out_on_time(pty_pair):
     _, path = pty_pair
-    line = SerialTransport(path)
+    line = SerialTransport(path, framer=FrameSplitter())
     line.send(REQUEST)
     started = time.monotonic()
     with pytest.raises(ResponseTimeout):
@@ -86,7 +88,7 @@ def test_silence_times_out_on_time(pty_pair):
 
 def test_a_slow_answer_is_not_late_while_its_bytes_keep_coming(pty_pair):
     master, path = pty_pair
-    line = SerialTransport(path)
+    line = SerialTransport(path, framer=FrameSplitter())
     line.send(REQUEST)
 
     def trickle() -> None:  # like a long answer at a low baud rate: 0.6 s in all
@@ -103,7 +105,7 @@ def test_a_slow_answer_is_not_late_while_its_bytes_keep_coming(pty_pair):
 
 def test_a_chattering_line_is_cut_off_at_the_limit(pty_pair):
     master, path = pty_pair
-    line = SerialTransport(path)
+    line = SerialTransport(path, framer=FrameSplitter())
     line.send(REQUEST)
     stop = threading.Event()
 
@@ -124,7 +126,7 @@ def test_a_chattering_line_is_cut_off_at_the_limit(pty_pair):
 
 def test_a_truncated_frame_never_comes_out(pty_pair):
     master, path = pty_pair
-    line = SerialTransport(path)
+    line = SerialTransport(path, framer=FrameSplitter())
     line.send(REQUEST)
     os.write(master, ANSWER[:30])
     with pytest.raises(ResponseTimeout):
@@ -134,7 +136,7 @@ def test_a_truncated_frame_never_comes_out(pty_pair):
 
 def test_command_gap_spaces_requests(pty_pair):
     master, path = pty_pair
-    line = SerialTransport(path, command_gap=0.15)
+    line = SerialTransport(path, command_gap=0.15, framer=FrameSplitter())
     line.send(REQUEST)
     read_request(master)
     line.send(REQUEST)
@@ -148,23 +150,23 @@ def test_command_gap_spaces_requests(pty_pair):
 
 def test_missing_device_is_a_clear_error(tmp_path):
     with pytest.raises(TransportError, match="no such device"):
-        SerialTransport(str(tmp_path / "ttyUSB9")).open()
+        SerialTransport(str(tmp_path / "ttyUSB9"), framer=FrameSplitter()).open()
 
 
 def test_a_local_device_is_opened_exclusively(pty_pair):
     _, path = pty_pair
-    first = SerialTransport(path)
+    first = SerialTransport(path, framer=FrameSplitter())
     first.open()
     with pytest.raises(TransportError, match="in use"):
-        SerialTransport(path).open()
+        SerialTransport(path, framer=FrameSplitter()).open()
     first.close()
 
 
 def test_invalid_settings_are_rejected():
     with pytest.raises(ValueError, match="baud"):
-        SerialTransport("/dev/null", 0)
+        SerialTransport("/dev/null", 0, framer=FrameSplitter())
     with pytest.raises(ValueError, match="gap"):
-        SerialTransport("/dev/null", command_gap=-1)
+        SerialTransport("/dev/null", command_gap=-1, framer=FrameSplitter())
 
 
 class Gateway:
@@ -208,7 +210,7 @@ class Gateway:
 
 def test_tcp_gateway_reset_fails_one_request_then_reconnects():
     gateway = Gateway()
-    line = SerialTransport(gateway.url)
+    line = SerialTransport(gateway.url, framer=FrameSplitter())
     line.send(REQUEST)
     assert line.read_frame(1) == ANSWER
     gateway.hang_up.set()
@@ -229,7 +231,7 @@ def test_refused_connection_is_a_clear_error():
     port = server.getsockname()[1]
     server.close()
     with pytest.raises(TransportError, match="refused"):
-        SerialTransport(f"socket://127.0.0.1:{port}").open()
+        SerialTransport(f"socket://127.0.0.1:{port}", framer=FrameSplitter()).open()
 
 
 class Rfc2217Gateway:
@@ -250,7 +252,7 @@ class Rfc2217Gateway:
         reset_output_buffer = reset_input_buffer
 
     def __init__(self, stack) -> None:
-        self.stack = stack
+        self.slave = Rs485Responder(stack)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"rfc2217://127.0.0.1:{self.server.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -269,7 +271,7 @@ class Rfc2217Gateway:
             while data := conn.recv(1024):
                 request += b"".join(manager.filter(data))
                 if request.endswith(b"\r"):
-                    answer = self.stack.respond(request) or b""
+                    answer = self.slave.respond(request) or b""
                     conn.sendall(b"".join(manager.escape(answer)))
                     request = b""
 
@@ -283,7 +285,7 @@ def test_rfc2217_gateway():
     stack = BatteryStack(modules=2, seed=4)
     stack.freeze()
     gateway = Rfc2217Gateway(stack)
-    line = SerialTransport(gateway.url)
+    line = SerialTransport(gateway.url, framer=FrameSplitter())
     line.send(encode_request(0x03, Command.SERIAL_NUMBER, b"\x03"))
     answer = line.read_frame(2.0)
     assert stack.module(0x03).serial().serial_number.encode() in bytes.fromhex(

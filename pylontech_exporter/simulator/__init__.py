@@ -1,15 +1,17 @@
-"""A virtual Pylontech stack that answers the RS485 protocol like real modules.
+"""A virtual Pylontech stack that answers like real modules.
 
 Used by the tests, the demo mode and the benchmarks. Layers: :mod:`.models` (module
-catalogue), :mod:`.battery` (state and physics), :mod:`.responder` (request bytes ->
-answer bytes, no I/O), :mod:`.faults` (fault injection), :mod:`.serve` (pty and TCP
-servers), :mod:`.cli` (``pylontech-simulator``).
+catalogue), :mod:`.battery` (state and physics, no wire), :mod:`.rs485` (the RS485 slave:
+request bytes -> answer bytes, no I/O), :mod:`.faults` (fault injection), :mod:`.serve`
+(pty and TCP servers for any :class:`~.responder.Responder`), :mod:`.cli`
+(``pylontech-simulator``).
 """
 
 from .battery import BatteryStack, ConstantCurrent, SineLoad, VirtualModule, ocv
 from .faults import FAULT_HELP, Fault, FaultKind, FaultPlan, parse_fault
 from .models import MODELS, ModuleModel, get_model
-from .responder import Reply
+from .responder import Reply, Responder
+from .rs485 import Rs485Responder
 from .serve import PtySimulator, TcpSimulator, serve_pty, serve_tcp
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "ModuleModel",
     "PtySimulator",
     "Reply",
+    "Responder",
+    "Rs485Responder",
     "SineLoad",
     "TcpSimulator",
     "VirtualModule",

@@ -36,7 +36,6 @@ from ..models import (
 )
 from .faults import FaultPlan
 from .models import ModuleModel, get_model
-from .responder import Reply, handle
 
 #: (state of charge, open-circuit cell voltage) of an LFP cell at room temperature.
 OCV_CURVE: tuple[tuple[float, float], ...] = (
@@ -427,8 +426,6 @@ class BatteryStack:
         self.load: Load = load if load is not None else SineLoad()
         self.time = 0.0
         self.frozen = False
-        #: The last answer sent without faults (what a ``stale`` fault repeats).
-        self.last_reply: bytes | None = None
         self.bank_query_supported = bank_query_supported
         self._clock: Callable[[], float] | None = None
         self._clock_speed = 1.0
@@ -541,16 +538,3 @@ class BatteryStack:
             now = self._clock()
             elapsed, self._clock_last = now - self._clock_last, now
             self.advance(elapsed * self._clock_speed)
-
-    # --- protocol -------------------------------------------------------------------
-
-    def respond(self, request: bytes) -> bytes | None:
-        """The answer a real stack gives to ``request`` (None: silence), faults included
-        but without their delay. No I/O and no sleeping; fault counters and the answer a
-        ``stale`` fault repeats are updated."""
-        return self.handle(request).data
-
-    def handle(self, request: bytes) -> Reply:
-        """Like :meth:`respond`, also telling how long a fault delays the answer."""
-        with self.lock:
-            return handle(self, request)

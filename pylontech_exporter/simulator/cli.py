@@ -12,6 +12,7 @@ from typing import NoReturn
 from .battery import BatteryStack
 from .faults import FAULT_HELP, Fault, parse_fault
 from .models import MODELS, get_model
+from .rs485 import Rs485Responder
 from .serve import PtySimulator, TcpSimulator
 
 USAGE_ERROR = 2
@@ -136,9 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {"baudrate": args.baudrate, "latency": args.latency}
     server: PtySimulator | TcpSimulator
     if args.pty:
-        server = PtySimulator(stack, args.pty, **options)
+        server = PtySimulator(Rs485Responder(stack), args.pty, **options)
     else:
-        server = TcpSimulator(stack, *args.tcp, **options)
+        server = TcpSimulator(Rs485Responder(stack), *args.tcp, **options)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..codec.frame import frame_checksum, length_checksum
+from ..rs485.frame import frame_checksum, length_checksum
 
 
 class FaultKind(str, enum.Enum):

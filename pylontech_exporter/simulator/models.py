@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..codec.frame import REQUEST_VERSION
+from ..rs485.frame import REQUEST_VERSION
 from ..models import SystemParameters
 
 

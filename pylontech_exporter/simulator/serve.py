@@ -1,8 +1,9 @@
-"""Put a :class:`BatteryStack` on a wire: a pseudo-terminal or a TCP port.
+"""Put a responder (the virtual stack speaking one protocol) on a wire: a pseudo-terminal
+or a TCP port.
 
-Both servers run one background thread (``start()``/``stop()`` or ``with``), frame
-incoming bytes on CR with resynchronisation on ``~`` (bytes outside a frame are
-dropped), answer requests one at a time like a single RS485 bus, and can emulate the
+Both servers run one background thread (``start()``/``stop()`` or ``with``), cut incoming
+bytes into requests with the responder's framer (for RS485: on CR, resynchronising on
+``~``), answer requests one at a time like a single bus, and can emulate the
 line: ``latency`` seconds to the first byte (0.07 like real modules; pass 0 in tests)
 and ``baudrate`` pacing (10 bits per byte; None = as fast as possible). A fault's delay
 comes on top of the latency. Before each answer the stack catches up with the wall
@@ -22,8 +23,8 @@ import time
 import tty
 from typing import Callable, TypeVar
 
-from ..codec.stream import FrameSplitter
-from .battery import BatteryStack
+from ..transport import Framer
+from .responder import Responder
 
 #: Pacing granularity: bytes are handed to the OS in slices of about this many seconds.
 PACING_SLICE = 0.005
@@ -37,9 +38,10 @@ class _Server:
     """The thread, the stop logic and the line emulation shared by both servers."""
 
     def __init__(
-        self, stack: BatteryStack, *, baudrate: int | None = None, latency: float = 0.07
+        self, responder: Responder, *, baudrate: int | None = None, latency: float = 0.07
     ) -> None:
-        self.stack = stack
+        self.responder = responder
+        self.stack = responder.stack
         self.baudrate = baudrate
         self.latency = latency
         #: Requests answered or deliberately ignored so far (frames seen).
@@ -91,7 +93,7 @@ class _Server:
         self.requests += 1
         try:
             self.stack.sync()
-            reply = self.stack.handle(request)
+            reply = self.responder.handle(request)
         except Exception:  # a state the codec cannot encode must not kill the server
             log.exception("answering %r failed; staying silent", request[:40])
             return
@@ -125,13 +127,13 @@ class PtySimulator(_Server):
 
     def __init__(
         self,
-        stack: BatteryStack,
+        responder: Responder,
         link: str | os.PathLike[str],
         *,
         baudrate: int | None = None,
         latency: float = 0.07,
     ) -> None:
-        super().__init__(stack, baudrate=baudrate, latency=latency)
+        super().__init__(responder, baudrate=baudrate, latency=latency)
         self.link = os.fspath(link)
         #: The slave device (e.g. /dev/pts/5) once started.
         self.device = ""
@@ -169,7 +171,7 @@ class PtySimulator(_Server):
                 return  # nobody reads: the rest is lost, like on a real line
 
     def _run(self) -> None:
-        framer = FrameSplitter()
+        framer = self.responder.framer()
         with selectors.DefaultSelector() as selector:
             selector.register(self._master, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -200,14 +202,14 @@ class TcpSimulator(_Server):
 
     def __init__(
         self,
-        stack: BatteryStack,
+        responder: Responder,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
         baudrate: int | None = None,
         latency: float = 0.07,
     ) -> None:
-        super().__init__(stack, baudrate=baudrate, latency=latency)
+        super().__init__(responder, baudrate=baudrate, latency=latency)
         self.host = host
         self.port = port
         self._listener: socket.socket | None = None
@@ -230,7 +232,7 @@ class TcpSimulator(_Server):
 
     def _run(self) -> None:
         assert self._listener is not None
-        clients: dict[socket.socket, FrameSplitter] = {}
+        clients: dict[socket.socket, Framer] = {}
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -243,7 +245,7 @@ class TcpSimulator(_Server):
                             with contextlib.suppress(BlockingIOError):
                                 conn, _ = self._listener.accept()
                                 conn.settimeout(5.0)
-                                clients[conn] = FrameSplitter()
+                                clients[conn] = self.responder.framer()
                                 selector.register(conn, selectors.EVENT_READ)
                             continue
                         conn = key.fileobj  # type: ignore[assignment]
@@ -263,20 +265,20 @@ class TcpSimulator(_Server):
 
 
 def serve_pty(
-    stack: BatteryStack,
+    responder: Responder,
     link: str | os.PathLike[str],
     *,
     baudrate: int | None = None,
     latency: float = 0.07,
 ) -> PtySimulator:
     """Start a :class:`PtySimulator`; stop it with ``.stop()`` or use it in ``with``."""
-    server = PtySimulator(stack, link, baudrate=baudrate, latency=latency)
+    server = PtySimulator(responder, link, baudrate=baudrate, latency=latency)
     server.start()
     return server
 
 
 def serve_tcp(
-    stack: BatteryStack,
+    responder: Responder,
     host: str = "127.0.0.1",
     port: int = 0,
     *,
@@ -284,6 +286,6 @@ def serve_tcp(
     latency: float = 0.07,
 ) -> TcpSimulator:
     """Start a :class:`TcpSimulator`; ``.url`` tells where it listens."""
-    server = TcpSimulator(stack, host, port, baudrate=baudrate, latency=latency)
+    server = TcpSimulator(responder, host, port, baudrate=baudrate, latency=latency)
     server.start()
     return server

@@ -1,6 +1,5 @@
-"""Helpers for the reliability, HTTP and security tests (no tests here): the exporter
-in-process (the same wiring as ``pylontech-exporter``, built by ``cli.build_server``) and
-resource counts of a process from /proc."""
+"""The exporter in-process (the same wiring as ``pylontech-exporter``, built by
+``cli.build_server``) and resource counts of a process from /proc."""
 
 from __future__ import annotations
 
@@ -12,10 +11,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from test_exporter_support import Key, parse
-
 from pylontech_exporter.cli import build_server
 from pylontech_exporter.config import BankConfig, Config, SerialSettings
+
+from .metrics import Key, parse
 
 
 def bank(port: str, *, name: str = "0", group: int = 0, timeout: float = 0.1, **kw: Any):

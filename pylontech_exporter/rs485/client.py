@@ -14,12 +14,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
-from .codec import payloads
-from .codec.frame import READ_COMMANDS, Command, Frame, ReturnCode, decode_frame, encode_request
-from .errors import FrameError, PylontechError, ResponseError, ResponseTimeout, TransportError
-from .models import (
+from ..errors import (
+    FrameError,
+    PylontechError,
+    ResponseError,
+    ResponseTimeout,
+    TransportError,
+)
+from ..models import (
     MAX_MODULES_PER_GROUP,
     GroupValues,
     ManagementInfo,
@@ -32,46 +36,19 @@ from .models import (
     SystemParameters,
     master_address,
 )
-from .transport import DEFAULT_BAUDRATE, SerialTransport
+from ..transport import DEFAULT_BAUDRATE, SerialTransport
+from . import commands
+from .bank_query import BankQueryPolicy
+from .commands import ALL_MODULES_INFO, ReadCommand
+from .frame import READ_COMMANDS, Frame, ReturnCode, decode_frame, encode_request
+from .stream import FrameSplitter
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Return codes that mean the request was garbled on the line: worth another try.
 _RETRYABLE_CODES = frozenset({ReturnCode.CHKSUM_ERROR, ReturnCode.LCHKSUM_ERROR})
-
-_ALL_MODULES = bytes([payloads.ALL_MODULES])
-
-#: Per-module answers repeat the address ("command value") at this INFO offset.
-_ECHO_OFFSET = {
-    Command.ANALOG_VALUES: 1,  # after the INFOFLAG
-    Command.ALARM_INFO: 1,
-    Command.MANAGEMENT_INFO: 0,
-    Command.SERIAL_NUMBER: 0,
-    Command.SOFTWARE_VERSION: 0,
-}
-#: INFO length of the fixed-size answers (up to 2 extra bytes are tolerated).
-_FIXED_INFO = {
-    Command.SYSTEM_PARAMETERS: payloads.SYSTEM_PARAMETERS_INFO.struct.sizeof(),
-    Command.MANUFACTURER_INFO: payloads.MANUFACTURER.struct.sizeof(),
-    Command.MANAGEMENT_INFO: payloads.MANAGEMENT.struct.sizeof(),
-    Command.SERIAL_NUMBER: payloads.SERIAL.struct.sizeof(),
-    Command.SOFTWARE_VERSION: payloads.SOFTWARE.struct.sizeof(),
-}
-
-
-def _answers(command: int, info: bytes, address: int, response: Frame) -> bool:
-    """Whether a normal (RTN 00) response from the right address can be the answer to
-    this request. A late answer to an earlier request to the same address (one that timed
-    out) looks the same on the frame level; its INFO gives it away."""
-    if response.cid2 != ReturnCode.NORMAL:
-        return True
-    size = _FIXED_INFO.get(command)
-    if size is not None and not size <= len(response.info) <= size + 2:
-        return False
-    offset = _ECHO_OFFSET.get(command)
-    if offset is not None and info == bytes([address]):
-        return len(response.info) > offset and response.info[offset] == address
-    return True
 
 
 ScanProgress = Callable[[int, Optional[str]], None]
@@ -108,14 +85,16 @@ class Pylontech:
             raise ValueError(f"timeout must be positive, not {timeout}")
         if retries < 0:
             raise ValueError(f"retries must not be negative, not {retries}")
-        self.transport = SerialTransport(port, baudrate, command_gap=command_gap)
+        self.transport = SerialTransport(
+            port, baudrate, framer=FrameSplitter(), command_gap=command_gap
+        )
         self.timeout = timeout
         self.retries = retries
         self.stats = RequestStats()
         self._lock = threading.RLock()
         self._local = threading.local()
-        #: Per group: does the firmware answer the bank-wide (FF) query? None = not tried.
-        self._bank_query: dict[int, bool] = {}
+        #: Per group: does the firmware answer the bank-wide (FF) 0x42 query?
+        self._bank_query: dict[int, BankQueryPolicy] = {}
         self._addresses: dict[int, list[int]] = {}
 
     # -- connection ------------------------------------------------------------------
@@ -151,19 +130,25 @@ class Pylontech:
     def request(
         self,
         address: int,
-        command: Command,
-        info: bytes = b"",
+        command: ReadCommand[Any] | int,
+        info: bytes | None = None,
         *,
         timeout: float | None = None,
         retries: int | None = None,
     ) -> Frame:
-        """Send one read command and return the response frame (RTN 00 checked).
+        """Send one read command (a :mod:`.commands` entry or its CID2) to ``address`` and
+        return the response frame (RTN 00 checked). ``info`` defaults to the command's own
+        form.
 
         Raises :class:`ResponseTimeout`, :class:`FrameError` (incl. checksum),
         :class:`ResponseError` for another RTN, :class:`TransportError` when the port
         cannot be used.
         """
-        request = encode_request(address, command, info)
+        if not isinstance(command, ReadCommand):
+            command = commands.lookup(command)
+        if info is None:
+            info = command.info(address)
+        request = encode_request(address, command.code, info)
         attempts = 1 + (self.retries if retries is None else retries)
         wait = self.timeout if timeout is None else timeout
         with self._lock:
@@ -179,7 +164,7 @@ class Pylontech:
                     retry = attempt < attempts and _worth_retrying(error)
                     log.debug(
                         "0x%02X to 0x%02X failed (%s)%s",
-                        command,
+                        command.code,
                         address,
                         error,
                         ", retrying" if retry else "",
@@ -189,7 +174,7 @@ class Pylontech:
                     attempt += 1
 
     def _exchange(
-        self, address: int, command: int, info: bytes, request: bytes, timeout: float
+        self, address: int, command: ReadCommand[Any], info: bytes, request: bytes, timeout: float
     ) -> Frame:
         limit = getattr(self._local, "deadline", None)
         if limit is None:  # bound a bus that keeps talking: one answer, however long
@@ -203,7 +188,7 @@ class Pylontech:
                 # master's.
                 log.debug("ignoring a request frame to 0x%02X", response.address)
                 continue
-            if response.address == address and _answers(command, info, address, response):
+            if response.address == address and command.answers(info, address, response):
                 break
             if response.address == address:
                 log.debug("ignoring a late answer to an earlier request to 0x%02X", address)
@@ -218,17 +203,24 @@ class Pylontech:
 
     # -- one method per read command -------------------------------------------------
 
+    def _read(self, command: ReadCommand[T], address: int, **options: Any) -> T:
+        assert command.answer is not None
+        return command.answer.parse(self.request(address, command, **options).info)
+
+    def _read_bank(self, command: ReadCommand[T], group: int) -> list[T]:
+        assert command.bank_answer is not None
+        frame = self.request(master_address(group), command, ALL_MODULES_INFO)
+        return command.bank_answer.parse(frame.info, group)
+
     def get_values_single(self, address: int) -> ModuleValues:
         """Analog values of the module at ``address`` (0x42)."""
-        frame = self.request(address, Command.ANALOG_VALUES, bytes([address]))
-        return payloads.ANALOG_VALUES.parse(frame.info)
+        return self._read(commands.VALUES, address)
 
     def get_values_bank(self, group: int = 0) -> GroupValues:
         """Analog values of every module of ``group`` in one bank-wide query (0x42, FF).
 
         Raises :class:`PylontechError` when the firmware does not answer it."""
-        frame = self.request(master_address(group), Command.ANALOG_VALUES, _ALL_MODULES)
-        return GroupValues(group, tuple(payloads.ANALOG_VALUES_BANK.parse(frame.info, group)))
+        return GroupValues(group, tuple(self._read_bank(commands.VALUES, group)))
 
     def get_values(self, group: int = 0) -> GroupValues:
         """Analog values of every module of ``group``: bank-wide when the firmware
@@ -237,17 +229,17 @@ class Pylontech:
         A bank-wide answer lists the modules by position, not by address: when it holds
         fewer modules than discovery found, which one is missing is unknown, so the
         modules are read one by one instead."""
-        if self._bank_query.get(group) is not False:
+        policy = self._bank_query.setdefault(group, BankQueryPolicy())
+        if policy.should_ask():
             try:
                 values = self.get_values_bank(group)
             except TransportError:
                 raise
             except PylontechError as error:
-                if group not in self._bank_query:  # never answered: the firmware ignores FF
+                if policy.failed() is None:
                     log.info("group %d ignores the bank-wide query (%s)", group, error)
-                    self._bank_query[group] = False
             else:
-                self._bank_query[group] = True
+                policy.answered()
                 known = self._addresses.get(group)
                 if not known or len(values.modules) >= len(known):
                     return values
@@ -256,42 +248,35 @@ class Pylontech:
 
     def get_alarm_info(self, address: int) -> ModuleAlarms:
         """Alarm and protection state of the module at ``address`` (0x44)."""
-        frame = self.request(address, Command.ALARM_INFO, bytes([address]))
-        return payloads.ALARM_INFO.parse(frame.info)
+        return self._read(commands.ALARMS, address)
 
     def get_alarm_info_bank(self, group: int = 0) -> list[ModuleAlarms]:
         """Alarm info of every module of ``group`` in one bank-wide query (0x44, FF)."""
-        frame = self.request(master_address(group), Command.ALARM_INFO, _ALL_MODULES)
-        return payloads.ALARM_INFO_BANK.parse(frame.info, group)
+        return self._read_bank(commands.ALARMS, group)
 
     def get_system_parameters(self, address: int) -> SystemParameters:
         """Protection thresholds of the module at ``address`` (0x47)."""
-        return payloads.SYSTEM_PARAMETERS_INFO.parse(
-            self.request(address, Command.SYSTEM_PARAMETERS).info
-        )
+        return self._read(commands.PARAMETERS, address)
 
     def get_management_info(self, address: int) -> ManagementInfo:
         """Charge/discharge limits and requests of the module at ``address`` (0x92)."""
-        frame = self.request(address, Command.MANAGEMENT_INFO, bytes([address]))
-        return payloads.MANAGEMENT.parse(frame.info)
+        return self._read(commands.MANAGEMENT, address)
 
     def get_module_serial_number(self, address: int) -> ModuleSerialNumber:
         """Serial number of the module at ``address`` (0x93)."""
-        frame = self.request(address, Command.SERIAL_NUMBER, bytes([address]))
-        return payloads.SERIAL.parse(frame.info)
+        return self._read(commands.SERIAL_NUMBER, address)
 
     def get_software_version(self, address: int) -> SoftwareVersion:
         """Firmware version of the module at ``address`` (0x96)."""
-        frame = self.request(address, Command.SOFTWARE_VERSION, bytes([address]))
-        return payloads.SOFTWARE.parse(frame.info)
+        return self._read(commands.SOFTWARE_VERSION, address)
 
     def get_manufacturer_info(self, address: int) -> ManufacturerInfo:
         """Device and manufacturer name (0x51); every module answers with the master's."""
-        return payloads.MANUFACTURER.parse(self.request(address, Command.MANUFACTURER_INFO).info)
+        return self._read(commands.MANUFACTURER, address)
 
     def get_protocol_version(self, address: int) -> ProtocolVersion:
         """Protocol version spoken by the module at ``address`` (0x4F)."""
-        return ProtocolVersion.from_ver(self.request(address, Command.PROTOCOL_VERSION).version)
+        return ProtocolVersion.from_ver(self.request(address, commands.PROTOCOL_VERSION).version)
 
     # -- discovery -------------------------------------------------------------------
 
@@ -306,7 +291,7 @@ class Pylontech:
         first = master_address(group)
         for address in range(first, first + MAX_MODULES_PER_GROUP):
             try:
-                self.request(address, Command.SERIAL_NUMBER, bytes([address]), timeout=wait)
+                self.request(address, commands.SERIAL_NUMBER, timeout=wait)
             except ResponseTimeout:
                 break
             except (ResponseError, FrameError):
@@ -332,10 +317,10 @@ class Pylontech:
         for address in range(max(start, 1), min(end, 0xFF)):
             serial_number = None
             try:
-                frame = self.request(
-                    address, Command.SERIAL_NUMBER, bytes([address]), timeout=timeout, retries=0
+                serial = self._read(
+                    commands.SERIAL_NUMBER, address, timeout=timeout, retries=0
                 )
-                serial_number = payloads.SERIAL.parse(frame.info).serial_number
+                serial_number = serial.serial_number
                 batteries[address] = serial_number
             except TransportError:
                 raise

@@ -1,26 +1,123 @@
-"""The HTTP server under bad and slow clients: only GET and HEAD, 404 elsewhere, oversized
-and malformed requests refused without disturbing other scrapes, slow clients cut off
-without blocking anybody."""
+"""The HTTP server: the scrape budget from Prometheus' header, gzip negotiation, internal
+errors as 500; under bad and slow clients only GET and HEAD, 404 elsewhere, oversized and
+malformed requests refused without disturbing other scrapes, slow clients cut off without
+blocking anybody."""
 
 from __future__ import annotations
 
 import http.client
+import logging
+import math
 import socket
 import threading
 import time
 
 import pytest
-from test_exporter_support import frozen_stack, key, wait_for
-from test_reliability_support import InProcessExporter, bank, handler_threads, resources
+from prometheus_client.registry import CollectorRegistry
+from support.inprocess import InProcessExporter, bank, handler_threads, resources
+from support.metrics import key
+from support.stacks import frozen_stack
+from support.waiting import wait_for
 
+from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
+from pylontech_exporter.server import MAX_SCRAPE_TIMEOUT, ExporterServer, scrape_budget
+from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator
+
+
+@pytest.mark.parametrize("header", ["inf", "-inf", "nan", "1e12", "1e400", "0", "-3", "x"])
+def test_scrape_budget_refuses_non_finite_and_huge_timeouts(header):
+    budget = scrape_budget(header, 0.5)
+    assert math.isfinite(budget) and 0 < budget <= 300
+    if header in ("inf", "-inf", "nan", "0", "-3", "x", "1e400"):
+        assert budget == DEFAULT_SCRAPE_TIMEOUT - 0.5
+    if header == "1e12":
+        assert budget == MAX_SCRAPE_TIMEOUT - 0.5
+
+
+def test_scrape_budget_keeps_sane_values():
+    assert scrape_budget("15", 0.5) == 14.5
+    assert scrape_budget("0.4", 0.5) == 0.2
+    assert scrape_budget(None, 0.5) == DEFAULT_SCRAPE_TIMEOUT - 0.5
+
+
+class _Broken:
+    def collect(self):
+        raise RuntimeError("collector bug")
+
+
+def _serve(registry: CollectorRegistry, landing=lambda: "<html></html>"):
+    server = ExporterServer(("127.0.0.1", 0), registry=registry, landing=landing)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    return server, thread
+
+
+def _get(server: ExporterServer, path: str, headers: dict[str, str] | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_internal_errors_answer_500_and_are_logged(caplog):
+    registry = CollectorRegistry()
+    registry.register(_Broken())
+
+    def landing() -> str:
+        raise ValueError("landing bug")
+
+    server, thread = _serve(registry, landing)
+    try:
+        with caplog.at_level(logging.ERROR, logger="pylontech_exporter.server"):
+            status, _, body = _get(server, "/metrics")
+            assert status == 500 and b"internal" in body
+            status, _, _ = _get(server, "/")
+            assert status == 500
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 2 and all(r.exc_info for r in errors)
+        # The server still answers afterwards.
+        assert _get(server, "/nothing")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("deflate, GZIP;q=0.5", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("identity, gzip;q=0.0", False),
+        ("gzip;q=x", False),
+        ("", False),
+    ],
+)
+def test_gzip_only_when_accepted_with_a_positive_quality(accept_encoding, gzipped):
+    server, thread = _serve(CollectorRegistry())
+    try:
+        status, headers, _ = _get(server, "/metrics", {"Accept-Encoding": accept_encoding})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert status == 200
+    assert (headers.get("Content-Encoding") == "gzip") is gzipped
 
 
 @pytest.fixture(scope="module")
 def exporter():
     stack = frozen_stack(modules=2, model="US3000C")
     with (
-        TcpSimulator(stack, latency=0) as tcp,
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
         InProcessExporter(bank(tcp.url), cache_ttl=0, request_timeout=0.8, idle_timeout=1.0) as e,
     ):
         yield e

@@ -15,7 +15,7 @@ from pylontech_exporter import (
     ResponseError,
     ResponseTimeout,
 )
-from pylontech_exporter.simulator import BatteryStack
+from pylontech_exporter.simulator import BatteryStack, Rs485Responder
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
 
 
@@ -24,10 +24,10 @@ def bus(request, stack, tmp_path):
     """A client on ``stack``, once over a pty and once over TCP."""
     stack.freeze()
     if request.param == "pty":
-        server = PtySimulator(stack, tmp_path / "battery", latency=0)
+        server = PtySimulator(Rs485Responder(stack), tmp_path / "battery", latency=0)
         port = lambda: str(server.link)  # noqa: E731
     else:
-        server = TcpSimulator(stack, latency=0)
+        server = TcpSimulator(Rs485Responder(stack), latency=0)
         port = lambda: server.url  # noqa: E731
     with server, Pylontech(port(), timeout=0.3) as client:
         yield client
@@ -71,7 +71,10 @@ def test_group_values_bank_wide(bus, stack):
 def test_second_group_on_a_shared_bus(tmp_path):
     stack = BatteryStack(modules=2, groups=[0, 2], seed=3)
     stack.freeze()
-    with TcpSimulator(stack, latency=0) as server, Pylontech(server.url, timeout=0.3) as bus:
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as server,
+        Pylontech(server.url, timeout=0.3) as bus,
+    ):
         assert [m.address for m in bus.get_values(2).modules] == [0x22, 0x23]
         assert bus.get_values(2).modules[1] == stack.module(0x23).values()
         assert bus.discover(2) == [0x22, 0x23]
@@ -85,7 +88,7 @@ def test_a_long_bank_answer_at_9600_baud_outlasts_the_timeout(tmp_path):
     stack.freeze()
     link = tmp_path / "battery"
     with (
-        PtySimulator(stack, link, baudrate=9600, latency=0),
+        PtySimulator(Rs485Responder(stack), link, baudrate=9600, latency=0),
         Pylontech(str(link), 9600, timeout=0.3, retries=0) as bus,
     ):
         started = time.monotonic()
@@ -97,7 +100,10 @@ def test_a_long_bank_answer_at_9600_baud_outlasts_the_timeout(tmp_path):
 def test_firmware_ignoring_the_bank_query_falls_back_to_module_reads():
     stack = BatteryStack(modules=3, seed=5, bank_query_supported=False)
     stack.freeze()
-    with TcpSimulator(stack, latency=0) as server, Pylontech(server.url, timeout=0.2) as bus:
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as server,
+        Pylontech(server.url, timeout=0.2) as bus,
+    ):
         with pytest.raises(PayloadError) as raised:
             bus.get_values_bank(0)
         assert "bank-wide" in str(raised.value)
@@ -216,7 +222,7 @@ class EchoingLine:
     as 2-wire RS485 adapters with the receiver always enabled do."""
 
     def __init__(self, stack: BatteryStack) -> None:
-        self.stack = stack
+        self.slave = Rs485Responder(stack)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"socket://127.0.0.1:{self.server.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -225,7 +231,7 @@ class EchoingLine:
         conn, _ = self.server.accept()
         with conn:
             while data := conn.recv(1024):
-                conn.sendall(data + (self.stack.respond(data) or b""))
+                conn.sendall(data + (self.slave.respond(data) or b""))
 
     def close(self) -> None:
         self.server.close()

@@ -3,8 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pylontech_exporter.codec.frame import Frame, encode_frame
-from pylontech_exporter.codec.stream import MAX_FRAME_BYTES, FrameSplitter
+from pylontech_exporter.rs485.frame import Frame, encode_frame
+from pylontech_exporter.rs485.stream import MAX_FRAME_BYTES, FrameSplitter
 
 A = encode_frame(Frame(0x20, 0x02, 0x46, 0x00, b"\x11\x02"))
 B = encode_frame(Frame(0x20, 0x03, 0x46, 0x00, b"\x11\x03"))

@@ -11,18 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_exporter_support import (
-    Exporter,
-    assert_readings_equal,
-    expected_readings,
-    frozen_stack,
-    key,
-    parse,
-    readings,
-    select,
-)
+from support.inprocess import resources
+from support.metrics import assert_readings_equal, expected_readings, key, parse, readings, select
+from support.processes import Exporter
+from support.stacks import frozen_stack
+from support.waiting import wait_for
 
 from pylontech_exporter import __version__
+from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
 
 FAST = ("--serial.timeout", "0.2", "--cache.ttl", "0")
@@ -35,7 +31,7 @@ def stack():
 
 @pytest.fixture
 def tcp(stack):
-    with TcpSimulator(stack, latency=0) as server:
+    with TcpSimulator(Rs485Responder(stack), latency=0) as server:
         yield server
 
 
@@ -59,7 +55,7 @@ def test_tcp_scrape_equals_simulator_and_health(stack, tcp):
 
 def test_pty_scrape_equals_simulator(stack, tmp_path: Path):
     with (
-        PtySimulator(stack, tmp_path / "ttyBattery", latency=0) as pty,
+        PtySimulator(Rs485Responder(stack), tmp_path / "ttyBattery", latency=0) as pty,
         Exporter("--serial.port", pty.link, *FAST) as exporter,
     ):
         samples = exporter.scrape()
@@ -69,7 +65,7 @@ def test_pty_scrape_equals_simulator(stack, tmp_path: Path):
 def test_two_groups_on_one_bus():
     stack = frozen_stack(modules=2, groups=2, model="US3000C")  # groups 1 and 2
     with (
-        TcpSimulator(stack, latency=0) as tcp,
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
         Exporter("--serial.port", tcp.url, "--group", "1", "--group", "2", *FAST) as exporter,
     ):
         samples = exporter.scrape()
@@ -80,7 +76,10 @@ def test_two_groups_on_one_bus():
 
 def test_per_module_fallback_when_firmware_ignores_bank_query():
     stack = frozen_stack(modules=3, model="US3000C", bank_query_supported=False)
-    with TcpSimulator(stack, latency=0) as tcp, Exporter("--serial.port", tcp.url, *FAST) as e:
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        Exporter("--serial.port", tcp.url, *FAST) as e,
+    ):
         samples = e.scrape()
         assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
         # Decided once: the next snapshot goes straight to per-module reads,
@@ -130,7 +129,10 @@ def test_new_module_appears(stack, tcp):
 def test_whole_bank_down_while_other_bank_reports(tmp_path: Path):
     first = frozen_stack(modules=2, model="US3000C", seed=1)
     second = frozen_stack(modules=2, model="US2000C", seed=2)
-    with TcpSimulator(first, latency=0) as a, TcpSimulator(second, latency=0) as b:
+    with (
+        TcpSimulator(Rs485Responder(first), latency=0) as a,
+        TcpSimulator(Rs485Responder(second), latency=0) as b,
+    ):
         config = tmp_path / "banks.yml"
         config.write_text(
             f"banks:\n  - name: garage\n    port: {a.url}\n"
@@ -152,36 +154,45 @@ def test_whole_bank_down_while_other_bank_reports(tmp_path: Path):
 
 
 def test_fifty_concurrent_scrapes_share_one_bus_read():
+    """With no TTL, scrapes that arrive while a read is in flight wait for it. The bus is
+    held until all 50 scrapes are being served (their threads exist), so none of them
+    can come too late to join, however loaded the machine."""
     stack = frozen_stack(modules=3, model="US3000C")
+    slave = Rs485Responder(stack)
+    gate = threading.Event()
+    handle = slave.handle
+
+    def gated(request: bytes):
+        gate.wait(30)
+        return handle(request)
+
     with (
-        TcpSimulator(stack, latency=0.03) as tcp,
+        TcpSimulator(slave, latency=0.05) as tcp,
         Exporter(
-            "--serial.port", tcp.url, "--serial.timeout", "0.2", "--cache.ttl", "1.5"
+            "--serial.port", tcp.url, "--serial.timeout", "0.5", "--cache.ttl", "0"
         ) as exporter,
     ):
         exporter.scrape()  # discovery and static data
-        time.sleep(1.6)  # let the cached snapshot expire
         before = tcp.requests
-        barrier = threading.Barrier(50)
+        idle_threads = resources(exporter.process.pid)["threads"]
+        slave.handle = gated  # type: ignore[method-assign]
         results: list[dict] = []
-
-        def scrape() -> None:
-            barrier.wait()
-            results.append(exporter.scrape())
-
-        threads = [threading.Thread(target=scrape) for _ in range(50)]
+        threads = [
+            threading.Thread(target=lambda: results.append(exporter.scrape())) for _ in range(50)
+        ]
         for thread in threads:
             thread.start()
+        assert wait_for(lambda: resources(exporter.process.pid)["threads"] >= idle_threads + 50)
+        gate.set()
         for thread in threads:
             thread.join(30)
         assert len(results) == 50
         # exactly one snapshot: FF 0x42, FF 0x44, three 0x92
         assert tcp.requests - before == 5
         assert all(readings(r) == readings(results[0]) for r in results)
-        # within the TTL: served from the cache, no request
-        exporter.scrape()
-        assert tcp.requests - before == 5
-        time.sleep(1.6)
+        counters = {r[key("pylontech_serial_requests_total", bank="0")] for r in results}
+        assert len(counters) == 1
+        # The next scrape reads again (no TTL).
         exporter.scrape()
         assert tcp.requests - before == 10
 
@@ -189,7 +200,7 @@ def test_fifty_concurrent_scrapes_share_one_bus_read():
 def test_scrape_timeout_header_bounds_the_read():
     stack = frozen_stack(modules=3, model="US3000C")
     with (
-        TcpSimulator(stack, latency=0) as tcp,
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
         Exporter(
             "--serial.port",
             tcp.url,
@@ -227,7 +238,7 @@ def test_scrape_timeout_header_bounds_the_read():
 def test_scrape_timeout_cuts_per_module_reads():
     stack = frozen_stack(modules=3, model="US3000C", bank_query_supported=False)
     with (
-        TcpSimulator(stack, latency=0) as tcp,
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
         Exporter("--serial.port", tcp.url, "--serial.timeout", "1", "--cache.ttl", "0") as exporter,
     ):
         exporter.scrape(timeout_header=30)

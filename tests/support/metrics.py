@@ -1,144 +1,18 @@
-"""Helpers for the exporter and CLI tests (no tests here): run the exporter as a real
-process, scrape it over HTTP, and compute what every sample must be from the simulator.
-"""
+"""Scraped samples: parsing the exposition, selecting series, and every sample the
+exporter must serve for a (frozen) simulated stack."""
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pylontech_exporter.collector import sensor_name
+from pylontech_exporter.models import sensor_name
 from pylontech_exporter.simulator import BatteryStack
 
-REPO = Path(__file__).resolve().parent.parent
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 STATES = {0x00: "normal", 0x01: "low", 0x02: "high", 0xF0: "fault"}
-
-
-def exporter_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pylontech_exporter.cli", *args]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any PYLONTECH_EXPORTER_* variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYLONTECH_EXPORTER_")}
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30):
-    """Run the CLI to completion; returns the CompletedProcess (text)."""
-    return subprocess.run(
-        exporter_command(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=env if env is not None else clean_env(),
-        stdin=subprocess.DEVNULL,
-    )
-
-
-class Exporter:
-    """``pylontech-exporter`` serving on 127.0.0.1 at a port the OS picks."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        #: With --web.listen-address given, startup is noticed by connecting (the log line
-        #: that names the address may be filtered by --log.level).
-        self.fixed = next(
-            (a for i, a in enumerate(args) if args[i - 1] == "--web.listen-address"), None
-        )
-        listen = [] if self.fixed else ["--web.listen-address", "127.0.0.1:0"]
-        self.process = subprocess.Popen(
-            exporter_command(*args, *listen),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd=REPO,
-            env=env if env is not None else clean_env(),
-        )
-        self.lines: list[str] = []
-        self._listening = threading.Event()
-        self.address = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if self.fixed:
-            self._wait_connectable(self.fixed)
-        if not self._listening.wait(20):
-            self.stop()
-            raise AssertionError("exporter did not start:\n" + "\n".join(self.lines))
-        self.base = f"http://{self.address}"
-
-    def _wait_connectable(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), 0.5).close()
-            except OSError:
-                time.sleep(0.05)
-                continue
-            self.address = address
-            self._listening.set()
-            return
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-            match = re.search(r"msg=listening address=(\S+)", line) or re.search(
-                r'"msg": "listening".*"address": "([^"]+)"', line
-            )
-            if match:
-                self.address = match.group(1)
-                self._listening.set()
-
-    def get(
-        self, path: str = "/metrics", headers: dict[str, str] | None = None, method: str = "GET"
-    ) -> tuple[int, dict[str, str], bytes]:
-        request = urllib.request.Request(self.base + path, headers=headers or {}, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
-
-    def scrape(self, timeout_header: float | None = None) -> dict[Key, float]:
-        headers = {}
-        if timeout_header is not None:
-            headers["X-Prometheus-Scrape-Timeout-Seconds"] = str(timeout_header)
-        status, _, body = self.get("/metrics", headers)
-        assert status == 200
-        return parse(body.decode())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(5)
-
-    def __enter__(self) -> Exporter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def parse(text: str) -> dict[Key, float]:
@@ -325,21 +199,3 @@ def assert_readings_equal(actual: dict[Key, float], expected: dict[Key, float]) 
     assert not wrong, (
         f"{len(wrong)} values differ (actual, expected), e.g. {list(wrong.items())[:3]}"
     )
-
-
-def frozen_stack(**kwargs: object) -> BatteryStack:
-    """A stack with a fixed, non-zero current (so power and flags are not trivial),
-    time stopped so the exporter and the test see the same values."""
-    stack = BatteryStack(seed=kwargs.pop("seed", 11), **kwargs)  # type: ignore[arg-type]
-    stack.set_current(-12.3)
-    stack.freeze()
-    return stack
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -20,6 +20,8 @@ class FrameSplitter:
     checks them.
     """
 
+    max_frame_bytes = MAX_FRAME_BYTES
+
     def __init__(self) -> None:
         self._buffer = bytearray()
 

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pylontech_exporter.codec.frame import (
+from pylontech_exporter.errors import (
+    ChecksumError,
+    FrameError,
+    PylontechError,
+    ResponseError,
+    WriteCommandRefused,
+)
+from pylontech_exporter.rs485.frame import (
     Command,
     Frame,
     ReturnCode,
@@ -15,13 +22,6 @@ from pylontech_exporter.codec.frame import (
     encode_request,
     frame_checksum,
     length_checksum,
-)
-from pylontech_exporter.errors import (
-    ChecksumError,
-    FrameError,
-    PylontechError,
-    ResponseError,
-    WriteCommandRefused,
 )
 
 # Section 4 of the spec: a 74 Ah module, master address 2. The PDF prints the response's

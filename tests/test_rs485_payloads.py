@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pylontech_exporter.codec import payloads
 from pylontech_exporter.errors import PayloadError
 from pylontech_exporter.models import (
     AlarmState,
@@ -22,6 +21,7 @@ from pylontech_exporter.models import (
     SoftwareVersion,
     SystemParameters,
 )
+from pylontech_exporter.rs485 import payloads
 
 
 def info(*parts: str) -> bytes:

@@ -13,7 +13,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from ..errors import ChecksumError, FrameError, WriteCommandRefused
+from ..errors import RETURN_CODE_NAMES, ChecksumError, FrameError, WriteCommandRefused
 
 SOI = 0x7E  # "~"
 EOI = 0x0D  # "\r"
@@ -45,25 +45,21 @@ WRITE_COMMANDS = frozenset({0x94, 0x95})
 
 
 class ReturnCode(enum.IntEnum):
-    """RTN, the CID2 of a response."""
+    """RTN, the CID2 of a response (names in :data:`~pylontech_exporter.errors.RETURN_CODE_NAMES`)."""
 
-    description: str
+    NORMAL = 0x00
+    VER_ERROR = 0x01
+    CHKSUM_ERROR = 0x02
+    LCHKSUM_ERROR = 0x03
+    CID2_INVALID = 0x04
+    COMMAND_FORMAT_ERROR = 0x05
+    INVALID_DATA = 0x06
+    ADR_ERROR = 0x90
+    INTERNAL_COMMUNICATION_ERROR = 0x91
 
-    def __new__(cls, value: int, description: str) -> ReturnCode:
-        member = int.__new__(cls, value)
-        member._value_ = value
-        member.description = description
-        return member
-
-    NORMAL = 0x00, "normal"
-    VER_ERROR = 0x01, "VER error"
-    CHKSUM_ERROR = 0x02, "CHKSUM error"
-    LCHKSUM_ERROR = 0x03, "LCHKSUM error"
-    CID2_INVALID = 0x04, "CID2 invalid"
-    COMMAND_FORMAT_ERROR = 0x05, "command format error"
-    INVALID_DATA = 0x06, "invalid data"
-    ADR_ERROR = 0x90, "ADR error"
-    INTERNAL_COMMUNICATION_ERROR = 0x91, "internal communication error"
+    @property
+    def description(self) -> str:
+        return RETURN_CODE_NAMES[self.value]
 
 
 @dataclass(frozen=True)

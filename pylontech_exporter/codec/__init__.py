@@ -1,1 +1,0 @@
-"""Bytes <-> frames <-> typed readings. No I/O here."""

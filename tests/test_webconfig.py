@@ -1,0 +1,100 @@
+"""Parsing and checking ``--web.config.file``: what is refused and how it is said,
+relative certificate paths, and basic auth that does not leak which users exist."""
+
+from __future__ import annotations
+
+import base64
+
+import bcrypt
+import pytest
+from support.pki import TLS, web
+
+from pylontech_exporter.config import ConfigError
+from pylontech_exporter.webconfig import load_web_config, parse_web_config
+
+
+def test_web_config_header_values_must_be_latin1():
+    document = {
+        "http_server_config": {
+            "headers": {"Content-Security-Policy": "default-src \u2019self\u2019"}
+        }
+    }
+    with pytest.raises(ConfigError, match=r"Content-Security-Policy.*latin-1") as error:
+        parse_web_config(document, "web.yml")
+    assert "\n" not in str(error.value)
+    ok = {"http_server_config": {"headers": {"Content-Security-Policy": "default-src 'self'"}}}
+    assert parse_web_config(ok, "web.yml").headers
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tls_config: {}\n", "unknown key 'tls_config'"),
+        ("rate_limit: {interval: 1s, burst: 5}\n", "rate_limit is not supported"),
+        (TLS + "  client_auth: x\n", "tls_server_config: unknown key 'client_auth'"),
+        (TLS + "  client_auth_type: RequireAnyClientCert\n", "without verifying them"),
+        (TLS + "  client_auth_type: Always\n", "must be one of NoClientCert"),
+        (TLS + "  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
+        (TLS + "  min_version: TLS14\n", "min_version: must be one of TLS10"),
+        (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
+        (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "cipher_suites is not supported"),
+        ("tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /x.key\n", "does not"),
+        ("tls_server_config:\n  key_file: DIR/server.key\n", "cert_file (or cert) is missing"),
+        (
+            "tls_server_config:\n  cert_file: DIR/server.key\n  key_file: DIR/server.key\n",
+            "cannot load the certificate",
+        ),
+        ("basic_auth_users:\n  alice: hunter2\n", "must be a bcrypt hash"),
+        ("basic_auth_users:\n  alice: $2y$10$short\n", "not a complete bcrypt hash"),
+        ("basic_auth_users: [alice]\n", "basic_auth_users: must be a mapping"),
+        ("http_server_config:\n  headers:\n    Server: x\n", "header not allowed"),
+        ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "must be one of deny"),
+        ("http_server_config:\n  http2: maybe\n", "http2: must be true or false"),
+        ("- a\n", "expected a mapping"),
+        ("tls_server_config: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_web_config_says_what_to_fix(pki, tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        web(pki, tmp_path, text)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_relative_certificate_paths_are_relative_to_the_web_config_file(pki, tmp_path, monkeypatch):
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n"
+        "  cert_file: server.crt\n  key_file: ./server.key\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: clients.crt\n"
+    )
+    for name in ("server.crt", "server.key", "clients.crt"):
+        (tmp_path / name).write_bytes((pki["dir"] / name).read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_web_config(str(tmp_path / "web.yml"))
+    assert config.tls.cert_file == str(tmp_path / "server.crt")
+    assert config.tls.client_ca_file == str(tmp_path / "clients.crt")
+    assert config.ssl_context() is not None
+    # The same names relative to the working directory are not used.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere" / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_web_config("elsewhere/web.yml")
+
+
+@pytest.mark.parametrize("cost", [4, 5])
+def test_unknown_users_cost_the_same_bcrypt_rounds_as_known_ones(cost, monkeypatch):
+    from pylontech_exporter.webconfig import BasicAuth
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(cost))
+    checked = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: checked.append(h) or real(pw, h))
+    auth = BasicAuth({"prometheus": hashed})
+    header = "Basic " + base64.b64encode(b"nobody:pw").decode()
+    assert auth.check(header) is None
+    assert auth.check("Basic " + base64.b64encode(b"prometheus:pw").decode()) == "prometheus"
+    assert [h[4:6] for h in checked] == [hashed[4:6]] * 2
