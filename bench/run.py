@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pylontech_exporter.rs485.client import Pylontech
-from pylontech_exporter.rs485 import payloads
-from pylontech_exporter.rs485.frame import decode_frame, encode_request
 from pylontech_exporter.config import BankConfig, SerialSettings
 from pylontech_exporter.poller import Poller, Snapshot
+from pylontech_exporter.rs485 import payloads
+from pylontech_exporter.rs485.client import Pylontech
+from pylontech_exporter.rs485.frame import decode_frame, encode_request
 from pylontech_exporter.simulator import BatteryStack, Rs485Responder
 
 from . import peers

@@ -31,8 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pylontech_exporter.simulator import BatteryStack  # noqa: E402
-from pylontech_exporter.simulator import Rs485Responder
+from pylontech_exporter.simulator import BatteryStack, Rs485Responder  # noqa: E402
 from pylontech_exporter.simulator.serve import TcpSimulator  # noqa: E402
 
 #: Fault kinds mixed into the plan (options for each); the rate is split evenly.

@@ -50,49 +50,48 @@ if TYPE_CHECKING:
     )
     from .rs485.client import Pylontech, RequestStats
 
-_HOMES = {
-    ".rs485.client": ("Pylontech", "RequestStats"),
-    ".errors": (
-        "ChecksumError",
-        "FrameError",
-        "ListenOnlyError",
-        "PayloadError",
-        "PylontechError",
-        "ResponseError",
-        "ResponseTimeout",
-        "TransportError",
-        "WriteCommandRefused",
-    ),
-    ".models": (
-        "AlarmState",
-        "GroupValues",
-        "ManagementInfo",
-        "ManufacturerInfo",
-        "ModuleAlarms",
-        "ModuleSerialNumber",
-        "ModuleStatus",
-        "ModuleValues",
-        "Protections",
-        "ProtocolVersion",
-        "SoftwareVersion",
-        "SystemParameters",
-        "master_address",
-        "module_address",
-        "module_position",
-    ),
-}
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
-
-__all__ = sorted([*_HOME_OF, "__version__"])
+__all__ = [
+    "AlarmState",
+    "ChecksumError",
+    "FrameError",
+    "GroupValues",
+    "ListenOnlyError",
+    "ManagementInfo",
+    "ManufacturerInfo",
+    "ModuleAlarms",
+    "ModuleSerialNumber",
+    "ModuleStatus",
+    "ModuleValues",
+    "PayloadError",
+    "Protections",
+    "ProtocolVersion",
+    "Pylontech",
+    "PylontechError",
+    "RequestStats",
+    "ResponseError",
+    "ResponseTimeout",
+    "SoftwareVersion",
+    "SystemParameters",
+    "TransportError",
+    "WriteCommandRefused",
+    "__version__",
+    "master_address",
+    "module_address",
+    "module_position",
+]
+#: Where the names come from, the RS485 stack last (it loads pyserial).
+_HOMES = (".errors", ".models", ".rs485.client")
 
 
 def __getattr__(name: str) -> Any:
-    module = _HOME_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+    if name in __all__:
+        for home in _HOMES:
+            module = importlib.import_module(home, __name__)
+            if hasattr(module, name):
+                value = getattr(module, name)
+                globals()[name] = value
+                return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

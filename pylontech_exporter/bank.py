@@ -182,8 +182,8 @@ class Bank:
         reading.failures = dict(self.failures)
         if not reading.up and reading.error is None:
             reading.error = "no module answered"
-        if not reading.up and self.last_error and reading.complete:
-            reading.error += f" (last error: {self.last_error})"
+            if self.last_error and reading.complete:
+                reading.error += f" (last error: {self.last_error})"
         if reading.up != self._was_up and (self._was_up is not None or not reading.up):
             if reading.up:
                 log.info("bank answers again", extra=kv(bank=self.name))

@@ -528,12 +528,12 @@ def group_of(address: int) -> int:
 
 
 def scan(args: argparse.Namespace) -> int:
-    from .rs485.client import Pylontech
     from .errors import PylontechError, TransportError
     from .models import module_position
+    from .rs485.client import Pylontech
 
     with open_source(args) as (config, _simulated):
-        ports = {}
+        ports: dict[str, tuple[Any, list[int]]] = {}
         for bank in config.banks:
             ports.setdefault(bank.port, (bank.serial, []))[1].append(bank.group)
         tty = sys.stderr.isatty()

@@ -49,6 +49,8 @@ class SerialSettings:
     baudrate: int = DEFAULT_BAUDRATE
     timeout: float = DEFAULT_TIMEOUT
     command_gap: float = DEFAULT_COMMAND_GAP
+    #: Which source reads the line (a key of ``poller.SOURCES``).
+    protocol: str = "rs485"
 
 
 @dataclass(frozen=True)

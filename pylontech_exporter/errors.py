@@ -8,7 +8,6 @@ leaf: it imports nothing of this package, so every layer can raise these.
 
 from __future__ import annotations
 
-
 #: The return codes (RTN, the CID2 of a response) of the protocol and what they mean.
 RETURN_CODE_NAMES: dict[int, str] = {
     0x00: "normal",

@@ -107,14 +107,14 @@ def render(
             f"<h2>Last reading</h2><p>Taken {taken} ({age:.0f} s ago), "
             f"took {snapshot.duration:.2f} s.</p>"
         )
-        for bank in snapshot.banks:
-            state = "<span class=up>up</span>" if bank.up else "<span class=down>down</span>"
-            note = f" <span class=muted>({escape(bank.error)})</span>" if bank.error else ""
+        for read in snapshot.banks:
+            state = "<span class=up>up</span>" if read.up else "<span class=down>down</span>"
+            note = f" <span class=muted>({escape(read.error)})</span>" if read.error else ""
             parts.append(
-                f"<h2>Bank {escape(bank.name)} <small class=muted>group {bank.group}, "
-                f"<code>{escape(bank.port)}</code></small>: {state}{note}</h2>"
+                f"<h2>Bank {escape(read.name)} <small class=muted>group {read.group}, "
+                f"<code>{escape(read.port)}</code></small>: {state}{note}</h2>"
             )
-            if not bank.modules:
+            if not read.modules:
                 parts.append("<p class=muted>No modules known yet.</p>")
                 continue
             parts.append(
@@ -122,7 +122,7 @@ def render(
                 "<th>voltage</th><th>current</th><th>lowest cell</th><th>highest cell</th>"
                 "<th>temperature (max)</th><th class=l>active alarms</th></tr>"
             )
-            parts.extend(_module_row(m) for m in bank.modules)
+            parts.extend(_module_row(m) for m in read.modules)
             parts.append("</table>")
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -58,7 +58,9 @@ class Poller:
         by_port: dict[str, list[Bank]] = {}
         for bank in self.banks:
             by_port.setdefault(bank.config.port, []).append(bank)
-        self.lines: list[Line] = [sources["rs485"](members) for members in by_port.values()]
+        self.lines: list[Line] = [
+            sources[members[0].config.serial.protocol](members) for members in by_port.values()
+        ]
         self._executor = (
             ThreadPoolExecutor(max_workers=len(self.lines), thread_name_prefix="bus")
             if len(self.lines) > 1

@@ -346,8 +346,8 @@ class Handler(BaseHTTPRequestHandler):
         budget = scrape_budget(self.headers.get(SCRAPE_TIMEOUT_HEADER), self.server.timeout_offset)
         token = scrape_deadline.set(start + budget)
         try:
-            encoder, content_type = choose_encoder(self.headers.get("Accept"))
-            registry = self.server.registry
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            registry: Any = self.server.registry
             if "name[]" in params:
                 registry = registry.restricted_registry(params["name[]"])
             output = encoder(registry)

@@ -74,7 +74,7 @@ class SerialTransport:
         self.command_gap = command_gap
         #: Never write: another device is the bus master.
         self.listen_only = listen_only
-        self._serial: serial.SerialBase | None = None
+        self._serial: serial.Serial | None = None
         self._splitter = framer
         #: Frames already received but not yet handed out (two frames in one read).
         self._pending: deque[bytes] = deque()

@@ -1,4 +1,5 @@
-"""Shared fixtures: a virtual stack and the simulator servers in front of it."""
+"""Shared fixtures: a virtual stack and the simulator servers in front of it, the
+certificates of the TLS tests; and the Hypothesis settings every property test runs with."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import settings
 from support.pki import make_pki
 
 from pylontech_exporter.simulator import BatteryStack, Rs485Responder
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
+
+# No deadline: an example's wall time says nothing on a loaded 2-core CI machine (a
+# DeadlineExceeded there is noise, not a finding); derandomized, so every run of the suite
+# tries the same examples and a failure is reproducible.
+settings.register_profile("pylontech", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("pylontech")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import tty
 
 import pytest
 
-from pylontech_exporter.errors import ResponseTimeout, TransportError
+from pylontech_exporter.errors import ListenOnlyError, ResponseTimeout, TransportError
 from pylontech_exporter.rs485.frame import Command, Frame, encode_frame, encode_request
 from pylontech_exporter.rs485.stream import FrameSplitter
 from pylontech_exporter.simulator import Rs485Responder
@@ -293,3 +293,46 @@ def test_rfc2217_gateway():
     )
     line.close()
     gateway.close()
+
+
+def test_listen_only_refuses_to_send_and_still_reads(pty_pair):
+    master, path = pty_pair
+    line = SerialTransport(path, framer=FrameSplitter(), listen_only=True)
+    with pytest.raises(ListenOnlyError):
+        line.send(REQUEST)
+    line.open()
+    os.write(master, REQUEST + ANSWER)  # another master's request and the answer to it
+    assert line.read_frame(1) == REQUEST
+    assert line.read_frame(1) == ANSWER
+    line.close()
+    os.set_blocking(master, False)
+    with pytest.raises(BlockingIOError):
+        os.read(master, 100)  # not one byte reached the line
+
+
+class LineFramer:
+    """Not RS485: text lines (as a console speaks), to show the transport cuts by any framer."""
+
+    max_frame_bytes = 80
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        return [line + b"\n" for line in lines]
+
+    def clear(self) -> None:
+        self.buffer = b""
+
+
+def test_the_framer_handed_in_decides_what_a_unit_is(pty_pair):
+    master, path = pty_pair
+    line = SerialTransport(path, 9600, framer=LineFramer())
+    line.send(b"pwr\n")
+    assert os.read(master, 100) == b"pwr\n"
+    os.write(master, b"first\nsecond\npartial")
+    assert line.read_frame(1) == b"first\n"
+    assert line.read_frame(1) == b"second\n"
+    assert line.longest_frame_seconds == pytest.approx(80 * 10 / 9600)
+    line.close()

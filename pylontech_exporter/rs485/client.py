@@ -59,7 +59,7 @@ class RequestStats:
     """What went over the bus: requests sent and failures by reason."""
 
     requests: int = 0
-    failures: Counter = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
 
 
 class Pylontech:
@@ -317,9 +317,7 @@ class Pylontech:
         for address in range(max(start, 1), min(end, 0xFF)):
             serial_number = None
             try:
-                serial = self._read(
-                    commands.SERIAL_NUMBER, address, timeout=timeout, retries=0
-                )
+                serial = self._read(commands.SERIAL_NUMBER, address, timeout=timeout, retries=0)
                 serial_number = serial.serial_number
                 batteries[address] = serial_number
             except TransportError:

@@ -16,8 +16,8 @@ from typing import Any, Generic, TypeVar
 
 import construct as c
 
-from . import payloads
 from ..errors import WriteCommandRefused
+from . import payloads
 from .frame import WRITE_COMMANDS, Command, Frame, ReturnCode
 
 #: INFO of a bank-wide request (0x42 and 0x44 to a group's master).

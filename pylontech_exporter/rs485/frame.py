@@ -45,7 +45,7 @@ WRITE_COMMANDS = frozenset({0x94, 0x95})
 
 
 class ReturnCode(enum.IntEnum):
-    """RTN, the CID2 of a response (names in :data:`~pylontech_exporter.errors.RETURN_CODE_NAMES`)."""
+    """RTN, the CID2 of a response; the names are in ``errors.RETURN_CODE_NAMES``."""
 
     NORMAL = 0x00
     VER_ERROR = 0x01

@@ -73,7 +73,9 @@ def text(length: int) -> Unit:
     )
 
 
-def _convert(values: Mapping[str, Any], units: Mapping[str, Unit], direction: str) -> dict:
+def _convert(
+    values: Mapping[str, Any], units: Mapping[str, Unit], direction: str
+) -> dict[str, Any]:
     """Apply each field's unit (element-wise to sequences) in ``direction``."""
     converted = dict(values)
     for name, unit in units.items():
@@ -87,7 +89,7 @@ def _convert(values: Mapping[str, Any], units: Mapping[str, Unit], direction: st
     return converted
 
 
-class PackedArray(c.Array):
+class PackedArray(c.Array):  # type: ignore[misc]  # construct is untyped
     """An :class:`~construct.Array` of a fixed-size integer (``Int16sb``...) whose compiled
     parser reads the whole array with one ``struct.unpack`` instead of one per element.
     Parses and builds exactly like ``Array``; only the compiled parse is faster (cell
@@ -107,7 +109,7 @@ class PackedArray(c.Array):
         )
 
 
-class UInt24(c.BytesInteger):
+class UInt24(c.BytesInteger):  # type: ignore[misc]
     """``Int24ub`` whose compiled parser is one ``struct.unpack`` call (and, unlike the
     compiled ``Int24ub``, fails on fewer than 3 bytes instead of reading them as a number)."""
 
@@ -386,7 +388,7 @@ class Payload(Generic[T]):
             raise PayloadError(f"cannot decode INFO {info[:24].hex().upper()}: {error}") from None
 
     def build(self, reading: T) -> bytes:
-        return self.struct.build(self._to_raw(reading))
+        return bytes(self.struct.build(self._to_raw(reading)))
 
 
 def _flat(struct: c.Construct, model: type, units: Mapping[str, Unit]) -> Payload[Any]:
@@ -441,7 +443,7 @@ class BankPayload(Generic[T]):
             raise PayloadError(f"cannot decode bank-wide response: {error}") from None
 
     def build(self, readings: Sequence[T]) -> bytes:
-        return self.struct.build({"modules": [self._to_raw(r) for r in readings]})
+        return bytes(self.struct.build({"modules": [self._to_raw(r) for r in readings]}))
 
 
 ANALOG_VALUES = _per_module(ANALOG_MODULE, _module_values, _raw_module_values)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any, Callable, Protocol, TypeVar
 
 from ..bank import Bank, ModuleStatic
@@ -154,7 +155,7 @@ class BankReader:
         for position, module in modules.items():
             address = self._address(position)
             module.management = self._try(
-                f"0x92 at 0x{address:02X}", lambda a=address: self.client.get_management_info(a)
+                f"0x92 at 0x{address:02X}", partial(self.client.get_management_info, address)
             )
         self._read_static(modules)
 
@@ -244,7 +245,7 @@ class BankReader:
             for position in self.bank.known:
                 address = self._address(position)
                 value = self._try(
-                    f"0x42 at 0x{address:02X}", lambda a=address: self.client.get_values_single(a)
+                    f"0x42 at 0x{address:02X}", partial(self.client.get_values_single, address)
                 )
                 if value is not None:
                     values[position] = value
@@ -266,7 +267,7 @@ class BankReader:
         for position in positions:
             address = self._address(position)
             alarm = self._try(
-                f"0x44 at 0x{address:02X}", lambda a=address: self.client.get_alarm_info(a)
+                f"0x44 at 0x{address:02X}", partial(self.client.get_alarm_info, address)
             )
             if alarm is not None:
                 alarms[position] = alarm
@@ -277,9 +278,7 @@ class BankReader:
         bank.static_expired(bank.clock())
         master = master_address(self.group)
         if bank.manufacturer is None:
-            bank.manufacturer = self._try(
-                "0x51", lambda: self.client.get_manufacturer_info(master)
-            )
+            bank.manufacturer = self._try("0x51", lambda: self.client.get_manufacturer_info(master))
         if bank.protocol_version is None:
             bank.protocol_version = self._try(
                 "0x4F", lambda: self.client.get_protocol_version(master)
@@ -290,19 +289,19 @@ class BankReader:
             if static.serial_number is None:
                 serial = self._try(
                     f"0x93 at 0x{address:02X}",
-                    lambda a=address: self.client.get_module_serial_number(a),
+                    partial(self.client.get_module_serial_number, address),
                 )
                 static.serial_number = serial.serial_number if serial is not None else None
             if static.software_version is None:
                 version = self._try(
                     f"0x96 at 0x{address:02X}",
-                    lambda a=address: self.client.get_software_version(a),
+                    partial(self.client.get_software_version, address),
                 )
                 static.software_version = version.mainline_version if version else None
             if static.parameters is None:
                 static.parameters = self._try(
                     f"0x47 at 0x{address:02X}",
-                    lambda a=address: self.client.get_system_parameters(a),
+                    partial(self.client.get_system_parameters, address),
                 )
             bank.apply_static(module)
 

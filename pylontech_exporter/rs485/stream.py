@@ -28,7 +28,7 @@ class FrameSplitter:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the complete frames they finish, in order."""
         self._buffer += data
-        frames = []
+        frames: list[bytes] = []
         while True:
             start = self._buffer.find(SOI)
             if start < 0:

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from .battery import BatteryStack
 from .faults import FAULT_HELP, Fault, parse_fault
@@ -62,8 +62,8 @@ def _fault(text: str) -> Fault:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _positive(kind: type) -> object:
-    def convert(text: str) -> object:
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def convert(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..rs485.frame import REQUEST_VERSION
 from ..models import SystemParameters
+from ..rs485.frame import REQUEST_VERSION
 
 
 @dataclass(frozen=True)

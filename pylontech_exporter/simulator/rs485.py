@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import binascii
 
+from ..models import master_address
 from ..rs485.frame import (
     CID1_BATTERY,
     HEX_ASCII,
@@ -54,19 +55,16 @@ from ..rs485.payloads import (
     SOFTWARE,
     SYSTEM_PARAMETERS_INFO,
 )
-from ..models import master_address
 from ..rs485.stream import FrameSplitter
 from .battery import BatteryStack, VirtualModule
-from .responder import SILENCE, Reply
 from .faults import WIRE_FAULTS, Fault, FaultKind, corrupt_chksum, corrupt_lchksum, corrupt_lenid
+from .responder import SILENCE, Reply
 
 _PER_MODULE = frozenset({0x42, 0x44, 0x92, 0x93, 0x96})
 _BANK_COMMANDS = frozenset({0x42, 0x44})
 _ADDRESS_ZERO_COMMANDS = frozenset({Command.PROTOCOL_VERSION, Command.MANUFACTURER_INFO})
 _VANISH = frozenset({FaultKind.VANISH})
 _NOBANK = frozenset({FaultKind.NOBANK})
-
-
 
 
 class _Request:
