@@ -11,9 +11,7 @@ here, around the stack (the simulator itself is unchanged):
   floor assumes, whatever this machine's speed.
 
 Every exchange is recorded (request and answer sizes), which gives the floor of a read
-computed from the actual frames. ``lenient_info`` accepts the 2-byte per-module INFO
-(address, position) that the ``pylontech`` 0.1.3 package sends: the spec and the simulator
-want one byte, real firmwares evidently take both.
+computed from the actual frames.
 """
 
 from __future__ import annotations
@@ -22,10 +20,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pylontech_exporter.rs485.frame import decode_frame, encode_frame
-from pylontech_exporter.simulator import BatteryStack, PtySimulator, Reply, Rs485Responder
-
-_PER_MODULE = frozenset({0x42, 0x44, 0x92, 0x93, 0x96})
+from pylontech_exporter.simulator import (
+    BatteryStack,
+    PtySimulator,
+    Reply,
+    Rs485Responder,
+    TcpSimulator,
+)
 
 
 @dataclass
@@ -46,7 +47,6 @@ class Line:
     stack: BatteryStack
     baudrate: int | None = None
     latency: float = 0.0
-    lenient_info: bool = False
     exchanges: list[Exchange] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -60,6 +60,13 @@ class Line:
 
     def serve_pty(self, link: str) -> PtySimulator:
         server = PtySimulator(self.responder, link, baudrate=None, latency=0.0)
+        self._server: PtySimulator | TcpSimulator = server
+        self.set_speed(self.baudrate, self.latency)
+        return server
+
+    def serve_tcp(self) -> TcpSimulator:
+        """The line behind a TCP gateway (for clients that need a real port's ioctls)."""
+        server = TcpSimulator(self.responder, baudrate=None, latency=0.0)
         self._server = server
         self.set_speed(self.baudrate, self.latency)
         return server
@@ -88,8 +95,6 @@ class Line:
 
     def _timed_handle(self, request: bytes) -> Reply:
         sent = request
-        if self.lenient_info:
-            request = _one_byte_info(request)
         reply = self._handle(request)
         if reply.data is None:
             return reply
@@ -101,19 +106,6 @@ class Line:
         on_wire = len(sent) * 10 / self.baudrate if self.baudrate else 0.0
         spent = time.monotonic() - self._started
         return Reply(reply.data, max(-self.latency, reply.delay + on_wire - spent))
-
-
-def _one_byte_info(request: bytes) -> bytes:
-    """A per-module request with INFO (address, position) as the same with INFO address."""
-    try:
-        frame = decode_frame(request[request.rfind(b"~") :])
-    except Exception:
-        return request
-    if frame.cid2 in _PER_MODULE and len(frame.info) == 2 and frame.info[0] == frame.address:
-        return encode_frame(
-            type(frame)(frame.version, frame.address, frame.cid1, frame.cid2, frame.info[:1])
-        )
-    return request
 
 
 __all__ = ["Exchange", "Line"]

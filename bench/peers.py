@@ -5,9 +5,9 @@
   waits for a LF that Pylontech frames never carry, so every read lasts its serial
   timeout (2 s by default). Default settings, as a user runs it.
 - ``pylontech`` 0.1.3 (module ``pylontech.pylontech_stack``): ``PylontechStack.update()``,
-  i.e. per module 0x42, 0x92, 0x44 (2-byte INFO, see :mod:`bench.line`), then 0x47. It
-  sets RTS around each write to drive the transceiver of a USB adapter; a pty has no RTS,
-  so the ioctl's failure is ignored here (on an adapter it costs microseconds).
+  i.e. per module 0x42, 0x92, 0x44 (2-byte INFO, answered as real firmware does), then
+  0x47. It sets RTS around each write to drive the transceiver of a USB adapter, which a
+  pty refuses, so it reads through a TCP gateway.
 
 Both packages install into the same ``pylontech`` directory (whichever is installed last
 owns ``__init__.py``), so the modules are imported by their own file names.
@@ -19,7 +19,6 @@ import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 
 def available() -> dict[str, str | None]:
@@ -43,24 +42,6 @@ def quiet() -> Iterator[None]:
     redirection is process-wide)."""
     with contextlib.redirect_stdout(io.StringIO()):
         yield
-
-
-@contextlib.contextmanager
-def no_rts_ioctl() -> Iterator[None]:
-    """pyserial's RTS ioctl fails on a pty (ENOTTY); a real adapter accepts it."""
-    import serial.serialposix as posix
-
-    original = posix.Serial._update_rts_state
-
-    def update(self: Any) -> None:
-        with contextlib.suppress(OSError):
-            original(self)
-
-    posix.Serial._update_rts_state = update  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        posix.Serial._update_rts_state = original  # type: ignore[method-assign]
 
 
 def python_pylontech(
@@ -88,8 +69,7 @@ def pylontech_stack(
     link: str, baudrate: int, modules: int, mark: Callable[[], None]
 ) -> tuple[float, float]:
     """One ``PylontechStack.update()``: (wall seconds, CPU seconds). The constructor (it
-    polls every module's serial number) is not counted. Run inside :func:`no_rts_ioctl`
-    (process-wide, so the caller sets it once around every thread)."""
+    polls every module's serial number) is not counted."""
     from pylontech.pylontech_stack import PylontechStack
 
     stack = PylontechStack(link, baud=baudrate, manualBattcountLimit=modules)

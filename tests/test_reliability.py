@@ -32,7 +32,7 @@ FAULTS = [
     ("junk", {"size": 40}, None, True),
     ("nul", {"size": 8}, None, True),
     ("stale", {}, None, True),
-    ("nobank", {}, None, True),
+    ("nobank", {}, "timeout", True),  # the FF query goes unanswered, as on a US2000C
     ("truncate", {}, "timeout", False),
     ("chksum", {}, "checksum", False),
     ("lchksum", {}, "checksum", False),
@@ -137,7 +137,7 @@ def test_module_disappears_and_comes_back(stack):
 
 
 def test_bank_query_unsupported_falls_back_without_losing_data(stack):
-    """``nobank``: the master answers the FF query for itself alone, every time."""
+    """``nobank``: the master ignores the FF query (silence), every time."""
     stack.faults.add("nobank")
     with (
         TcpSimulator(Rs485Responder(stack), latency=0) as tcp,

@@ -378,7 +378,16 @@ def test_system_parameters_round_trip(parameters):
     assert payloads.SYSTEM_PARAMETERS_INFO.parse(built) == parameters
 
 
-text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=16)
+#: Printable text that does not end in a padding character (space, NUL, 0xFF or "-":
+#: real 0x51 answers pad the manufacturer with dashes).
+text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=16).filter(
+    lambda t: not t.endswith("-")
+)
+
+
+def test_dash_padding_is_not_part_of_the_name():
+    real = b"US2KBPL\x00\x00\x00" + b"\x01\x02" + b"Pylon".ljust(20, b"-")
+    assert payloads.MANUFACTURER.parse(real) == ManufacturerInfo("US2KBPL", "1.2", "Pylon")
 
 
 @given(st.integers(1, 254), text)

@@ -63,7 +63,8 @@ def test_cells_drift_apart_and_drift_cell() -> None:
     assert module.cell_voltages[4] - max(others) > 0.15
 
 
-def test_temperatures_rise_with_current(stack: BatteryStack) -> None:
+def test_temperatures_rise_with_current() -> None:
+    stack = BatteryStack(modules=1, model="US5000", seed=7)  # with a MOSFET sensor
     module = stack.module(2)
     before = list(module.temperatures)
     stack.set_current(-37.0)

@@ -31,6 +31,7 @@ from pylontech_exporter.simulator import (
     BatteryStack,
     Rs485Responder,
     get_model,
+    with_cells,
 )
 
 _SLAVES: weakref.WeakKeyDictionary[BatteryStack, Rs485Responder] = weakref.WeakKeyDictionary()
@@ -93,12 +94,19 @@ def test_analog_values_per_model(name: str) -> None:
 
 def test_cell_and_temperature_counts() -> None:
     counts = {name: (m.cells, m.temperatures, m.extended_capacity) for name, m in MODELS.items()}
+    # 5 temperatures (BMS board, cell groups 1-4) in every recorded US2000(B-Plus),
+    # US2000C, US3000 and US3000C frame; a MOSFET sensor only on the US5000.
     assert counts["US2000B-Plus"] == (15, 5, False)
-    assert counts["US3000C"] == (15, 6, True)
+    assert counts["US2000C"] == (15, 5, False)
+    assert counts["US3000"] == (15, 5, True)
+    assert counts["US3000C"] == (15, 5, True)
     assert counts["US5000"] == (15, 6, True)
-    assert counts["UP2500"] == (8, 5, False)
+    assert counts["UP2500"] == (8, 5, True)
     assert counts["US5000-16S"] == (16, 6, True)
-    assert MODELS["US3000C"].capacity == 74.0 and MODELS["UP2500"].capacity == 50.0
+    assert MODELS["US3000C"].capacity == 74.0 and MODELS["UP2500"].capacity == 111.0
+    up2500 = MODELS["UP2500"]
+    assert (up2500.charge_voltage, up2500.discharge_voltage) == (28.4, 23.2)
+    assert (up2500.charge_current, up2500.discharge_current) == (55.5, -55.5)
 
 
 def test_alarm_info_matches_module(stack: BatteryStack) -> None:
@@ -134,9 +142,16 @@ def test_manufacturer_info_is_the_masters_everywhere() -> None:
     stack = BatteryStack(modules=["US3000C", "US2000B-Plus"], seed=1)
     for address in (2, 3):
         info = MANUFACTURER.parse(ok(stack, address, 0x51))
-        assert (info.device_name, info.manufacturer_name) == ("US3000C", "PYLON")
+        assert (info.device_name, info.manufacturer_name) == ("US3000C", "Pylon")
         assert info.software_version == MODELS["US3000C"].software_version
     assert slave(stack).respond(encode_request(4, 0x51)) is None
+
+
+def test_manufacturer_info_on_the_wire_is_dash_padded_us2kbpl() -> None:
+    stack = BatteryStack(modules=1, model="US2000B-Plus", seed=1)
+    info = ok(stack, 2, 0x51)
+    assert info[:10] == b"US2KBPL\x00\x00\x00"
+    assert info[12:] == b"Pylon" + b"-" * 15
 
 
 def test_management_serial_software(stack: BatteryStack) -> None:
@@ -192,12 +207,11 @@ def test_four_item_master_makes_every_module_answer_four_items() -> None:
 @pytest.mark.parametrize(
     ("options", "name"), [({"bank_query_supported": False}, "US3000C"), ({}, "US2000C")]
 )
-def test_firmware_ignoring_ff_answers_for_the_master(options: dict, name: str) -> None:
+def test_firmware_ignoring_ff_stays_silent(options: dict, name: str) -> None:
     stack = BatteryStack(modules=3, model=name, seed=1, **options)
-    info = ok(stack, 2, 0x42, b"\xff")
-    assert info[1] == 0x02  # command value = the master's address, not a count
-    assert ANALOG_VALUES.parse(info) == stack.module(2).values()
-    assert ALARM_INFO.parse(ok(stack, 2, 0x44, b"\xff")) == stack.module(2).alarms()
+    for command in (0x42, 0x44):
+        assert slave(stack).respond(encode_request(2, command, b"\xff")) is None
+        assert ok(stack, 2, command, b"\x02")  # module by module still works
 
 
 def test_negative_current_and_subzero_temperature_encode() -> None:
@@ -229,11 +243,10 @@ def test_return_codes(stack: BatteryStack) -> None:
     resealed = b"~" + bytes(body) + b"%04X\r" % (-sum(body) & 0xFFFF)
     assert rtn(stack, resealed) == ReturnCode.LCHKSUM_ERROR
     assert rtn(stack, raw_request(3, 0x43, b"\x03")) == ReturnCode.CID2_INVALID
-    assert rtn(stack, raw_request(3, 0x42, b"\x04")) == ReturnCode.ADR_ERROR
-    assert rtn(stack, raw_request(3, 0x42, b"")) == ReturnCode.COMMAND_FORMAT_ERROR
-    assert rtn(stack, raw_request(3, 0x93, b"\x03\x03")) == ReturnCode.COMMAND_FORMAT_ERROR
-    assert rtn(stack, raw_request(3, 0x51, b"\x03")) == ReturnCode.COMMAND_FORMAT_ERROR
-    assert rtn(stack, raw_request(3, 0x47, b"\x02")) == ReturnCode.ADR_ERROR
+    assert rtn(stack, raw_request(3, 0x42, b"\x04")) == ReturnCode.ADR_ERROR  # another module
+    assert rtn(stack, raw_request(3, 0x92, b"\xff")) == ReturnCode.ADR_ERROR  # no bank form
+    assert rtn(stack, raw_request(3, 0x42, b"\xff")) == ReturnCode.ADR_ERROR  # not the master
+    assert rtn(stack, raw_request(3, 0x42, b"\x03", version=0x21)) == ReturnCode.VER_ERROR
     assert rtn(stack, encode_frame(Frame(0x20, 3, 0x4A, 0x42, b"\x03"))) == 0x04
 
 
@@ -261,23 +274,152 @@ def test_silence(stack: BatteryStack, request_bytes: bytes) -> None:
     assert slave(stack).respond(request_bytes) is None
 
 
-def test_address_zero_reaches_the_group_0_master_for_4f_and_51() -> None:
+# --- request forms recorded on real stacks (../shared/DESIGN.md) -> answer shape ------------
+
+#: Requests recorded from real masters and published clients, exactly as sent, and what the
+#: answer is: a command whose answer shape is checked below, or None for silence.
+RECORDED_FORMS = {
+    "~20024642C0040202FCD1": 0x42,  # INFO address + a second byte (one published client)
+    "~20024642C0040201FCD2": 0x42,  # pylontech 0.1.3: address, position
+    "~20024644C0040202FCCF": 0x44,
+    "~20024692C0040202FCCC": 0x92,
+    "~20024696C0040202FCC8": 0x96,
+    "~200246470000FDA7": 0x47,  # no INFO
+    "~20024647C0040000FCD0": 0x47,  # INFO 0000
+    "~200246510000FDAC": 0x51,
+    "~20024651C0040000FCD5": 0x51,
+    "~2003464F0000FD97": 0x4F,  # at a slave
+    "~2002464FC0048520FCB2": 0x4F,  # INFO 8520
+    "~200246930000FDA6": None,  # per-module command without INFO: silent on a US2000C
+    "~200246920000FDA7": None,
+    "~2000464F0000FD9A": None,  # ADR 0 (python-pylontech's 0x4F): silent on US2000C/US5000
+    "~20004651C0040000FCD7": None,  # ADR 0 0x51
+}
+#: Forms other published clients send (C, C#, Perl clients send VER 00 on 0x4F; a Python
+#: fork and its Rust adapter send the address as INFO on 0x4F, 0x51 and 0x47).
+OTHER_CLIENT_FORMS = {
+    encode_frame(Frame(0x00, 2, 0x46, 0x4F)): 0x4F,
+    encode_frame(Frame(0x20, 2, 0x46, 0x4F, b"\x02")): 0x4F,
+    encode_frame(Frame(0x20, 3, 0x46, 0x51, b"\x03")): 0x51,
+    encode_frame(Frame(0x20, 3, 0x46, 0x47, b"\x03")): 0x47,
+}
+
+
+def answer_length(model, command: int) -> int:
+    """INFO length of a single-module answer of ``model`` to ``command``."""
+    if command == 0x42:
+        capacities = 2 + 1 + 2 + 2 + (6 if model.extended_capacity else 0)
+        return 2 + 1 + 2 * model.cells + 1 + 2 * model.temperatures + 4 + capacities
+    if command == 0x44:
+        trailing = 1 if model.alarm_trailing_byte else 0
+        return 2 + 1 + model.cells + 1 + model.temperatures + 3 + 5 + trailing
+    return {0x47: 25, 0x51: 32, 0x4F: 0, 0x92: 10, 0x96: 6}[command]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(
+    ("request_bytes", "command"),
+    [(r.encode() + b"\r", c) for r, c in RECORDED_FORMS.items()] + list(OTHER_CLIENT_FORMS.items()),
+    ids=[*RECORDED_FORMS, "ver00-4f", "4f-address", "51-address", "47-address"],
+)
+def test_request_forms_get_the_recorded_answer_shape(name, request_bytes, command):
+    stack = BatteryStack(modules=2, model=name, seed=1)
+    raw = slave(stack).respond(request_bytes)
+    if command is None:
+        assert raw is None
+        return
+    assert raw is not None, "no answer"
+    frame = decode_frame(raw)
+    request = decode_frame(request_bytes)
+    assert (frame.version, frame.address, frame.cid1, frame.cid2) == (
+        0x20,
+        request.address,
+        0x46,
+        ReturnCode.NORMAL,
+    )
+    assert len(frame.info) == answer_length(MODELS[name], command)
+    if command in (0x42, 0x44, 0x92, 0x96):
+        # The command value is the module's address, whatever came after it in the INFO.
+        assert frame.info[1 if command in (0x42, 0x44) else 0] == request.address
+
+
+def test_the_position_without_group_bits_names_the_module():
+    """``~20124642E00202FD32`` (a client on group 1 sends 02, not 12): answered for the
+    module at the ADR. Our choice where the spec says "match ADR" and no answer was
+    recorded; a byte that names another module is still RTN 90."""
+    stack = BatteryStack(modules=2, groups=[1, 2], seed=1)
+    frame = decode_frame(slave(stack).respond(b"~20124642E00202FD32\r"))
+    assert frame.cid2 == 0 and ANALOG_VALUES.parse(frame.info) == stack.module(0x12).values()
+    assert rtn(stack, raw_request(0x12, 0x42, b"\x03")) == ReturnCode.ADR_ERROR
+
+
+@pytest.mark.parametrize(
+    ("name", "answers"), [("US2000B-Plus", True), ("US3000", True), ("US2000C", False)]
+)
+def test_the_recorded_bank_wide_poll(name, answers):
+    stack = BatteryStack(modules=3, model=name, seed=1)
+    raw = slave(stack).respond(b"~20024642E002FFFD09\r")
+    if not answers:
+        assert raw is None
+        return
+    info = decode_frame(raw).info
+    assert info[:2] == b"\x11\x03"  # INFOFLAG 0x11, three modules
+    assert ANALOG_VALUES_BANK.parse(info, 0) == [m.values() for m in stack.modules]
+
+
+def test_bank_wide_alarm_info_has_no_trailing_byte():
     stack = BatteryStack(modules=2, model="US3000C", seed=1)
-    answer = decode_frame(slave(stack).respond(raw_request(0, 0x51)))
-    assert (answer.address, answer.cid2) == (0, ReturnCode.NORMAL)
-    assert MANUFACTURER.parse(answer.info) == stack.master(0).manufacturer()
-    assert decode_frame(slave(stack).respond(raw_request(0, 0x4F))).cid2 == ReturnCode.NORMAL
-    assert rtn(stack, raw_request(0, 0x42, b"\x00")) == ReturnCode.ADR_ERROR
+    info = ok(stack, 2, 0x44, b"\xff")
+    model = MODELS["US3000C"]
+    assert len(info) == 2 + 2 * (1 + model.cells + 1 + model.temperatures + 3 + 5)
 
 
-def test_a_us5000_rejects_address_zero() -> None:
-    stack = BatteryStack(modules=2, model="US5000", seed=1)
-    assert rtn(stack, raw_request(0, 0x4F)) == ReturnCode.ADR_ERROR
-    assert rtn(stack, raw_request(0, 0x51)) == ReturnCode.ADR_ERROR
+def test_status2_says_using_battery_power_charging_or_not():
+    stack = BatteryStack(modules=1, model="US2000C", seed=1)
+    for amperes in (12.0, 0.0, -12.0):
+        stack.set_current(amperes)
+        info = ok(stack, 2, 0x44, b"\x02")
+        status2 = info[2 + 1 + 15 + 1 + 5 + 3 + 1]
+        assert status2 == 0x0E, (amperes, hex(status2))
 
 
-def test_address_zero_is_silent_without_a_group_0() -> None:
-    assert slave(BatteryStack(modules=1, groups=[1], seed=1)).respond(raw_request(0, 0x4F)) is None
+def test_infoflag_tells_an_alarm_change_not_yet_read():
+    stack = BatteryStack(modules=1, model="US3000C", seed=1)
+    stack.freeze()
+    assert ok(stack, 2, 0x42, b"\x02")[0] == 0x11  # nothing read yet
+    assert ok(stack, 2, 0x44, b"\x02")[0] == 0x10
+    assert ok(stack, 2, 0x42, b"\x02")[0] == 0x00  # read: nothing pending
+    assert ok(stack, 2, 0x44, b"\x02")[0] == 0x00
+    assert ok(stack, 2, 0x47)[0] == 0x10
+    stack.module(2).cell_voltages[3] = 3.8  # a cell goes high: alarm, charge MOSFET opens
+    assert ok(stack, 2, 0x42, b"\x02")[0] == 0x11
+    assert ok(stack, 2, 0x47)[0] == 0x11
+    assert ok(stack, 2, 0x44, b"\x02")[0] == 0x10
+    assert ok(stack, 2, 0x42, b"\x02")[0] == 0x00
+    assert ok(stack, 2, 0x42, b"\xff")[0] == 0x11  # bank-wide 0x42 always says 11
+
+
+def test_mixed_stack_answers_in_the_masters_capacity_form():
+    stack = BatteryStack(modules=["US3000C", "US2000B-Plus", "US2000B-Plus"], seed=1)
+    for address in (2, 3, 4):
+        values = ANALOG_VALUES.parse(ok(stack, address, 0x42, bytes([address])))
+        assert values.extended_capacity
+    assert [m.total_capacity for m in ANALOG_VALUES_BANK.parse(ok(stack, 2, 0x42, b"\xff"), 0)] == [
+        74.0,
+        50.0,
+        50.0,
+    ]
+
+
+@pytest.mark.parametrize("cells", [8, 9, 12, 16])
+def test_any_cell_count(cells):
+    stack = BatteryStack(modules=1, model=with_cells(MODELS["US2000C"], cells), seed=1)
+    values = ANALOG_VALUES.parse(ok(stack, 2, 0x42, b"\x02"))
+    assert len(values.cell_voltages) == cells
+    assert values.voltage == pytest.approx(sum(values.cell_voltages), abs=1e-9)
+    assert len(ALARM_INFO.parse(ok(stack, 2, 0x44, b"\x02")).cell_states) == cells
+    with pytest.raises(ValueError, match="8 to 16 cells"):
+        with_cells(MODELS["US2000C"], 17)
 
 
 def test_junk_before_request_and_lowercase_are_accepted(stack: BatteryStack) -> None:
@@ -381,7 +523,7 @@ def test_fault_vanish_and_nobank(stack: BatteryStack) -> None:
     assert slave(stack).respond(REQUEST) is None
     assert _answer(stack)  # back
     stack.faults.add("nobank", count=1)
-    assert ok(stack, 2, 0x42, b"\xff")[1] == 0x02
+    assert slave(stack).respond(encode_request(2, 0x42, b"\xff")) is None  # ignored FF
     assert ok(stack, 2, 0x42, b"\xff")[1] == 3
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from pylontech_exporter.rs485.client import Pylontech
 from pylontech_exporter.rs485.frame import decode_frame, encode_request
 from pylontech_exporter.rs485.payloads import ANALOG_VALUES, ANALOG_VALUES_BANK, SERIAL
 from pylontech_exporter.simulator import BatteryStack, Rs485Responder
@@ -66,16 +67,62 @@ def test_tcp_serves_pyserial(tcp_simulator: TcpSimulator, stack: BatteryStack) -
             port.close()
 
 
-def test_tcp_concurrent_clients_get_their_own_answers(tcp_simulator: TcpSimulator) -> None:
-    a = serial.serial_for_url(tcp_simulator.url, timeout=2)
-    b = serial.serial_for_url(tcp_simulator.url, timeout=2)
+def test_tcp_private_gateway_clients_get_their_own_answers(stack: BatteryStack) -> None:
+    with TcpSimulator(Rs485Responder(stack), latency=0, gateway="private") as server:
+        a = serial.serial_for_url(server.url, timeout=2)
+        b = serial.serial_for_url(server.url, timeout=2)
+        try:
+            assert decode_frame(exchange(a, encode_request(3, 0x4F))).address == 3
+            assert decode_frame(exchange(b, encode_request(4, 0x4F))).address == 4
+            assert decode_frame(exchange(a, encode_request(2, 0x4F))).address == 2
+            assert a.in_waiting == b.in_waiting == 0
+        finally:
+            a.close()
+            b.close()
+
+
+def test_tcp_broadcast_gateway_shows_every_client_all_bus_traffic(
+    tcp_simulator: TcpSimulator,
+) -> None:
+    """Like an RS485-to-Ethernet converter: another client hears the request and its answer."""
+    assert tcp_simulator.gateway == "broadcast"
+    asker = serial.serial_for_url(tcp_simulator.url, timeout=2)
+    listener = serial.serial_for_url(tcp_simulator.url, timeout=2)
     try:
-        assert decode_frame(exchange(a, encode_request(3, 0x4F))).address == 3
-        assert decode_frame(exchange(b, encode_request(4, 0x4F))).address == 4
-        assert decode_frame(exchange(a, encode_request(2, 0x4F))).address == 2
+        time.sleep(0.1)  # both connected before the first byte
+        request = encode_request(3, 0x93, b"\x03")
+        answer = exchange(asker, request)
+        heard = listener.read_until(b"\r") + listener.read_until(b"\r")
+        assert heard == request + answer
+        assert tcp_simulator.received == len(request)
     finally:
-        a.close()
-        b.close()
+        asker.close()
+        listener.close()
+
+
+def test_our_client_reads_right_beside_another_master(stack: BatteryStack) -> None:
+    """Through a broadcast gateway our client sees another master's requests and the
+    answers to them; it takes only the answers to its own requests."""
+    stack.freeze()
+    with TcpSimulator(Rs485Responder(stack), latency=0.01) as server:
+        stop = threading.Event()
+
+        def other_master() -> None:
+            with serial.serial_for_url(server.url, timeout=0.5) as port:
+                while not stop.is_set():
+                    port.write(encode_request(2, 0x42, b"\xff"))
+                    port.read_until(b"\r")
+
+        thread = threading.Thread(target=other_master, daemon=True)
+        thread.start()
+        try:
+            with Pylontech(server.url, timeout=0.5, retries=3) as bus:
+                for _ in range(5):
+                    assert bus.get_module_serial_number(3) == stack.module(3).serial()
+                    assert bus.get_management_info(4) == stack.module(4).management()
+        finally:
+            stop.set()
+            thread.join(5)
 
 
 def test_wire_speed_latency_and_fault_delay(stack: BatteryStack) -> None:
@@ -180,6 +227,23 @@ def test_cli_tcp_with_fault() -> None:
         _stop(process)
 
 
+def test_cli_mixed_stack_with_16_cells_on_a_private_gateway() -> None:
+    process = _cli(
+        "--tcp", "127.0.0.1:0", "--latency", "0", "--gateway", "private",
+        "--model", "US3000C,US2000B-Plus", "--cells", "16",
+    )  # fmt: skip
+    try:
+        url = re.fullmatch(r"listening on (\S+)\n", process.stdout.readline()).group(1)
+        with Pylontech(url, timeout=1) as bus:
+            values = bus.get_values_bank(0).modules
+            assert [len(v.cell_voltages) for v in values] == [16, 16]
+            assert [v.total_capacity for v in values] == [74.0, 50.0]
+            assert all(v.extended_capacity for v in values)  # the master's form
+    finally:
+        _stop(process)
+    assert "US3000C,US2000B-Plus modules at 0x02 0x03" in process.stderr.read()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -189,6 +253,9 @@ def test_cli_tcp_with_fault() -> None:
         (["--tcp", ":0", "--fault", "explode"], "unknown fault kind"),
         (["--tcp", ":0", "--modules", "17"], "--modules must be 1..16"),
         (["--pty", "/nonexistent/dir/bat"], "cannot listen"),
+        (["--tcp", ":0", "--model", "US3000C,US2000C", "--modules", "3"], "lists 2 models"),
+        (["--tcp", ":0", "--cells", "17"], "expected a cell count 8..16"),
+        (["--tcp", ":0", "--gateway", "smart"], "invalid choice: 'smart'"),
     ],
 )
 def test_cli_bad_arguments_exit_2(args: list[str], message: str) -> None:

@@ -204,8 +204,7 @@ class Pylontech:
     # -- one method per read command -------------------------------------------------
 
     def _read(self, command: ReadCommand[T], address: int, **options: Any) -> T:
-        assert command.answer is not None
-        return command.answer.parse(self.request(address, command, **options).info)
+        return command.parse(self.request(address, command, **options).info)
 
     def _read_bank(self, command: ReadCommand[T], group: int) -> list[T]:
         assert command.bank_answer is not None

@@ -67,6 +67,18 @@ class ReadCommand(Generic[T]):
         """INFO length of the answer when it is the same for every module."""
         return _fixed_size(self.answer)
 
+    def parse(self, info: bytes) -> T:
+        """The typed reading of one module's answer INFO."""
+        if self.answer is None:
+            raise TypeError(f"0x{self.code:02X} answers without INFO")
+        return self.answer.parse(info)
+
+    def build(self, reading: T, **fields: Any) -> bytes:
+        """The answer INFO for ``reading`` (the simulator's side of :meth:`parse`)."""
+        if self.answer is None:
+            raise TypeError(f"0x{self.code:02X} answers without INFO")
+        return self.answer.build(reading, **fields)
+
     def info(self, address: int) -> bytes:
         """The INFO of a request of this command to ``address``."""
         return bytes([address]) if self.request_info is RequestInfo.ADDRESS else b""

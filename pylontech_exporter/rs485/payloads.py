@@ -64,12 +64,13 @@ VERSION = Unit(
 )
 
 
-def text(length: int) -> Unit:
-    """Fixed-width text, padded with NULs, 0xFF or spaces on the wire. Latin-1, so that
-    an odd byte garbles one character rather than losing the whole reading."""
+def text(length: int, pad: bytes = b"\x00") -> Unit:
+    """Fixed-width text, padded with NULs, 0xFF, spaces or dashes on the wire (real 0x51
+    answers say ``Pylon---------------``); built padded with ``pad``. Latin-1, so that an
+    odd byte garbles one character rather than losing the whole reading."""
     return Unit(
-        lambda raw: raw.decode("latin-1").rstrip("\x00\xff "),
-        lambda value: value.encode("latin-1")[:length].ljust(length, b"\x00"),
+        lambda raw: raw.decode("latin-1").rstrip("\x00\xff -"),
+        lambda value: value.encode("latin-1")[:length].ljust(length, pad),
     )
 
 
@@ -387,8 +388,9 @@ class Payload(Generic[T]):
         except _DECODE_ERRORS as error:
             raise PayloadError(f"cannot decode INFO {info[:24].hex().upper()}: {error}") from None
 
-    def build(self, reading: T) -> bytes:
-        return bytes(self.struct.build(self._to_raw(reading)))
+    def build(self, reading: T, **fields: Any) -> bytes:
+        """INFO for ``reading``; ``fields`` set header fields such as ``info_flag``."""
+        return bytes(self.struct.build({**self._to_raw(reading), **fields}))
 
 
 def _flat(struct: c.Construct, model: type, units: Mapping[str, Unit]) -> Payload[Any]:
@@ -442,8 +444,10 @@ class BankPayload(Generic[T]):
         except _DECODE_ERRORS as error:
             raise PayloadError(f"cannot decode bank-wide response: {error}") from None
 
-    def build(self, readings: Sequence[T]) -> bytes:
-        return bytes(self.struct.build({"modules": [self._to_raw(r) for r in readings]}))
+    def build(self, readings: Sequence[T], **fields: Any) -> bytes:
+        """INFO for ``readings``; ``fields`` set header fields such as ``info_flag``."""
+        modules = [self._to_raw(r) for r in readings]
+        return bytes(self.struct.build({"modules": modules, **fields}))
 
 
 ANALOG_VALUES = _per_module(ANALOG_MODULE, _module_values, _raw_module_values)
@@ -465,5 +469,9 @@ SOFTWARE: Payload[SoftwareVersion] = _flat(
 MANUFACTURER: Payload[ManufacturerInfo] = _flat(
     MANUFACTURER_INFO,
     ManufacturerInfo,
-    {"device_name": text(10), "software_version": VERSION, "manufacturer_name": text(20)},
+    {
+        "device_name": text(10),
+        "software_version": VERSION,
+        "manufacturer_name": text(20, pad=b"-"),  # as real modules pad it
+    },
 )

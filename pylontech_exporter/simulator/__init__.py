@@ -9,7 +9,7 @@ request bytes -> answer bytes, no I/O), :mod:`.faults` (fault injection), :mod:`
 
 from .battery import BatteryStack, ConstantCurrent, SineLoad, VirtualModule, ocv
 from .faults import FAULT_HELP, Fault, FaultKind, FaultPlan, parse_fault
-from .models import MODELS, ModuleModel, get_model
+from .models import MODELS, ModuleModel, get_model, with_cells
 from .responder import Reply, Responder
 from .rs485 import Rs485Responder
 from .serve import PtySimulator, TcpSimulator, serve_pty, serve_tcp
@@ -35,4 +35,5 @@ __all__ = [
     "parse_fault",
     "serve_pty",
     "serve_tcp",
+    "with_cells",
 ]

@@ -311,7 +311,8 @@ class VirtualModule:
             ),
             protections=self.protections(),
             status=ModuleStatus(
-                using_battery_power=self.current < -EFFECTIVE_CURRENT,
+                # Set in every recorded frame, charging, idle or discharging.
+                using_battery_power=True,
                 discharge_mosfet_on=not self.discharge_blocked(),
                 charge_mosfet_on=not self.charge_blocked(),
                 effective_charge_current=self.current > EFFECTIVE_CURRENT,

@@ -11,9 +11,9 @@ from typing import Callable, NoReturn
 
 from .battery import BatteryStack
 from .faults import FAULT_HELP, Fault, parse_fault
-from .models import MODELS, get_model
+from .models import MODELS, get_model, with_cells
 from .rs485 import Rs485Responder
-from .serve import PtySimulator, TcpSimulator
+from .serve import GATEWAY_MODES, PtySimulator, TcpSimulator
 
 USAGE_ERROR = 2
 
@@ -48,11 +48,17 @@ def _groups(text: str) -> int | list[int]:
         ) from None
 
 
-def _model(text: str) -> str:
+def _models(text: str) -> list[str]:
     try:
-        return get_model(text).name
+        return [get_model(name.strip()).name for name in text.split(",")]
     except KeyError as error:
         raise argparse.ArgumentTypeError(error.args[0]) from None
+
+
+def _cells(text: str) -> int:
+    if not text.isdigit() or not 8 <= int(text) <= 16:
+        raise argparse.ArgumentTypeError(f"expected a cell count 8..16, not {text!r}")
+    return int(text)
 
 
 def _fault(text: str) -> Fault:
@@ -86,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", metavar="LINK", help="create symlink LINK to a new pty")
     where.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP")
-    parser.add_argument("--modules", type=int, default=3, help="modules per group (3)")
+    parser.add_argument(
+        "--modules", type=int, help="modules per group (3, or as many as --model lists)"
+    )
     parser.add_argument(
         "--groups",
         type=_groups,
@@ -94,7 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of groups (1 = group 0; G > 1 = groups 1..G) or a list like 0,2",
     )
     parser.add_argument(
-        "--model", type=_model, default="US3000C", help=f"one of {', '.join(MODELS)}"
+        "--model",
+        type=_models,
+        default=["US3000C"],
+        help=f"one of {', '.join(MODELS)} (US3000C); a list such as US3000C,US2000B-Plus "
+        "gives each module of a group its own model, master first",
+    )
+    parser.add_argument(
+        "--cells", type=_cells, help="cells per module, 8..16 (default: the model's)"
+    )
+    parser.add_argument(
+        "--gateway",
+        choices=GATEWAY_MODES,
+        default="broadcast",
+        help="with --tcp: broadcast (every client sees all bus traffic, as through a real "
+        "RS485-to-Ethernet converter; default) or private (each client its own answers)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--baudrate", type=_positive(int), help="pace answers at this rate")
@@ -121,14 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 1 <= args.modules <= 16:
-        parser.error(f"--modules must be 1..16, not {args.modules}")
+    models = args.model
+    count = args.modules if args.modules is not None else (len(models) if len(models) > 1 else 3)
+    if not 1 <= count <= 16:
+        parser.error(f"--modules must be 1..16, not {count}")
+    if len(models) > 1 and count != len(models):
+        parser.error(f"--model lists {len(models)} models for --modules {count}")
     if not args.baudrate and args.baudrate is not None:
         parser.error("--baudrate must be positive")
+    specs = models if len(models) > 1 else models * count
+    if args.cells:
+        specs = [with_cells(get_model(name), args.cells) for name in specs]
     stack = BatteryStack(
-        modules=args.modules,
+        modules=specs,
         groups=args.groups,
-        model=args.model,
         seed=args.seed,
         bank_query_supported=False if args.no_bank_query else None,
     )
@@ -139,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pty:
         server = PtySimulator(Rs485Responder(stack), args.pty, **options)
     else:
-        server = TcpSimulator(Rs485Responder(stack), *args.tcp, **options)
+        server = TcpSimulator(Rs485Responder(stack), *args.tcp, gateway=args.gateway, **options)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -149,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: cannot listen: {error}", file=sys.stderr)
         return USAGE_ERROR
     addresses = " ".join(f"0x{m.address:02X}" for m in stack.modules)
-    print(f"{args.model} modules at {addresses}", file=sys.stderr, flush=True)
+    print(f"{','.join(models)} modules at {addresses}", file=sys.stderr, flush=True)
     where = f"{server.link} -> {server.device}" if isinstance(server, PtySimulator) else server.url
     print(f"listening on {where}", flush=True)
     try:

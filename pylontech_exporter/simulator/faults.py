@@ -53,7 +53,7 @@ fault SPEC is KIND[:KEY=VALUE,...]; integers may be hex (0x42). KINDS:
   wrong_address  answer from ADR to=A (request ADR + 1)
   stale          an old answer (the previous one) first, in the same write
   vanish         module=A is unplugged (silent, missing from bank answers)
-  nobank         the master ignores FF: bank query answered for the master alone
+  nobank         the master ignores FF: no answer to the bank-wide query
 KEYS (filters and firing, all kinds): address=A, command=C (only requests to that
 address / with that CID2), count=N (fire N times, then never), p=P (probability per
 request, default 1). e.g. junk:p=0.02  drop:address=3,count=5  rtn:code=0x90,address=4"""

@@ -1,27 +1,31 @@
 """The RS485 slave: one request frame in, the stack's answer out. No I/O.
 
-Behaviour where the spec is silent, chosen to match what real modules are reported to
-do (and documented here because clients depend on it):
+What real firmware does where the spec is silent or wrong, from recorded traffic of
+US2000, US2000B-Plus, US2000C, US3000, US3000C, US5000 and UP2500 stacks (see
+docs/simulator.md, which also lists what is our best guess):
 
-- Silence for: bytes without a ``~``/non-hex garbage, ADR FF, an address with no
-  (present) module. A module checks the address before anything else, like on a bus
-  where every module sees every frame.
-- ADR 0: the master of group 0 answers 0x4F and 0x51 there (python-pylontech relies on
-  it) and refuses other commands with RTN 90; a US5000 master refuses ADR 0 altogether
-  with RTN 90.
+- Silence for: bytes without a ``~``/non-hex garbage, ADR 0 (every model), ADR FF, an
+  address with no (present) module, a per-module command (0x42, 0x44, 0x92, 0x93, 0x96)
+  without INFO, and the FF bank query on a firmware that ignores it. A module checks the
+  address before anything else, like on a bus where every module sees every frame.
+- Per-module commands take an INFO of one or more bytes; the first names the module, the
+  rest is ignored (``0201`` from one published client is answered like ``02``). The
+  first byte may be the address or, in a group, the position without the group bits
+  (``~20124642E00202FD32``); anything else is RTN 90. The answer's command value is the
+  address.
+- 0x47, 0x4F and 0x51 ignore their INFO (none, ``0000``, ``8520``, the address). 0x4F
+  also ignores VER (spec 3.1: some clients send ``00``); other commands with a VER other
+  than the module's get RTN 01.
 - RTN 02 for a wrong CHKSUM; RTN 03 for a wrong LCHKSUM and for a LENID that does not
-  match the INFO actually sent (or is odd); RTN 01 for a VER other than the module's
-  (0x20), except for 0x4F which ignores VER (spec 3.1); RTN 04 for a CID1 other than
-  0x46 and for any CID2 that is not a read command, 0x94 and 0x95 included (the
-  simulator never changes state).
-- RTN 05 for INFO of the wrong length: 1 byte for 42, 44, 92, 93, 96; empty or 1 byte
-  for 47; empty for 4F and 51.
-- RTN 90 (ADR error) when a per-module INFO is not the request's ADR, and for the FF
-  bank query sent to a module that is not its group's master or with a command other
-  than 42/44.
-- Bank-wide (ADR = master, INFO FF, 42/44): flag, count and the *present* modules of the
-  group in address order. A master whose firmware ignores FF answers with its own
-  single-module response (command value = its address), and so does a ``nobank`` fault.
+  match the INFO actually sent (or is odd); RTN 04 for a CID1 other than 0x46 and for any
+  CID2 that is not a read command, 0x94 and 0x95 included (nothing ever changes state).
+- Bank-wide (ADR = master, INFO FF, 42/44): INFOFLAG, count and the *present* modules of
+  the group in address order; FF to another module or with another command is RTN 90.
+- INFOFLAG: 0x11 in bank-wide 0x42. Otherwise bit 4 says an alarm change has not been
+  read yet (by 0x44) and bit 0 a switch (MOSFET) change, as recorded values (00, 10, 11
+  in 0x42; 00, 10 in 0x44; 10, 11 in 0x47) suggest; reading 0x44 clears both (0x47 always
+  has bit 4). A single-module 0x44 of
+  some firmwares ends with one extra 00 byte (the model says which); bank-wide never.
 - 0x51 answers with the group master's data at every address where a module is.
 - 0x4F answers RTN 00 with empty INFO; the protocol version is the response's VER.
 - Every answer: VER 0x20 (the model's), ADR = request ADR, CID1 0x46, CID2 = RTN.
@@ -30,8 +34,10 @@ do (and documented here because clients depend on it):
 from __future__ import annotations
 
 import binascii
+from typing import Any, Callable
 
-from ..models import master_address
+from ..models import ModuleAlarms, master_address
+from ..rs485 import commands
 from ..rs485.frame import (
     CID1_BATTERY,
     HEX_ASCII,
@@ -43,28 +49,28 @@ from ..rs485.frame import (
     frame_checksum,
     length_checksum,
 )
-from ..rs485.payloads import (
-    ALARM_INFO,
-    ALARM_INFO_BANK,
-    ALL_MODULES,
-    ANALOG_VALUES,
-    ANALOG_VALUES_BANK,
-    MANAGEMENT,
-    MANUFACTURER,
-    SERIAL,
-    SOFTWARE,
-    SYSTEM_PARAMETERS_INFO,
-)
+from ..rs485.payloads import ALL_MODULES
 from ..rs485.stream import FrameSplitter
 from .battery import BatteryStack, VirtualModule
 from .faults import WIRE_FAULTS, Fault, FaultKind, corrupt_chksum, corrupt_lchksum, corrupt_lenid
 from .responder import SILENCE, Reply
 
-_PER_MODULE = frozenset({0x42, 0x44, 0x92, 0x93, 0x96})
-_BANK_COMMANDS = frozenset({0x42, 0x44})
-_ADDRESS_ZERO_COMMANDS = frozenset({Command.PROTOCOL_VERSION, Command.MANUFACTURER_INFO})
 _VANISH = frozenset({FaultKind.VANISH})
 _NOBANK = frozenset({FaultKind.NOBANK})
+#: INFOFLAG bits: an alarm change, a switch change not yet read by 0x44.
+ALARM_CHANGED = 0x10
+SWITCH_CHANGED = 0x01
+#: INFOFLAG of every bank-wide 0x42 answer recorded.
+BANK_VALUES_FLAG = 0x11
+
+#: The typed reading each per-module command answers with.
+_READINGS: dict[int, Callable[[VirtualModule], Any]] = {
+    Command.ANALOG_VALUES: VirtualModule.values,
+    Command.ALARM_INFO: VirtualModule.alarms,
+    Command.MANAGEMENT_INFO: VirtualModule.management,
+    Command.SERIAL_NUMBER: VirtualModule.serial,
+    Command.SOFTWARE_VERSION: VirtualModule.software,
+}
 
 
 class _Request:
@@ -95,6 +101,10 @@ def _split(request: bytes) -> _Request | None:
     return _Request(body)
 
 
+def _switches(alarms: ModuleAlarms) -> tuple[bool, bool]:
+    return alarms.status.charge_mosfet_on, alarms.status.discharge_mosfet_on
+
+
 class Rs485Responder:
     """The stack as RS485 slaves: request frames in, answer frames out."""
 
@@ -102,6 +112,8 @@ class Rs485Responder:
         self.stack = stack
         #: The last answer sent without faults (what a ``stale`` fault repeats).
         self.last_reply: bytes | None = None
+        #: Per module: the alarm info its last 0x44 answer reported (INFOFLAG).
+        self._reported: dict[int, ModuleAlarms] = {}
 
     def framer(self) -> FrameSplitter:
         """Cuts one connection's incoming bytes into request frames."""
@@ -118,25 +130,112 @@ class Rs485Responder:
         with self.stack.lock:
             return self._handle(request)
 
+    # -- the answer ---------------------------------------------------------------------
+
     def _handle(self, request: bytes) -> Reply:
         stack = self.stack
         req = _split(request)
-        if req is None or req.address == 0xFF:
+        if req is None or req.address in (0, 0xFF):
             return SILENCE
-        if req.address == 0:
-            return _address_zero(stack, req)
         plan = stack.faults
         vanished = {f.module for f in plan.draw(req.address, req.command, _VANISH)}
         module = stack.present(req.address)
         if module is None or module.address in vanished:
             return SILENCE
-        frame = _answer(stack, module, req, vanished)
+        frame = self._answer(module, req, vanished)
+        if frame is None:
+            return SILENCE
         fired = plan.draw(req.address, req.command, WIRE_FAULTS)
         if not fired:
             data = encode_frame(frame)
             self.last_reply = data
             return Reply(data)
         return self._apply(frame, fired)
+
+    def _answer(
+        self, module: VirtualModule, req: _Request, vanished: set[int | None]
+    ) -> Frame | None:
+        """The answer frame, or None for silence."""
+        if not req.chksum_ok:
+            return _error(module, req, ReturnCode.CHKSUM_ERROR)
+        if not req.lchksum_ok or not req.lenid_ok:
+            return _error(module, req, ReturnCode.LCHKSUM_ERROR)
+        command, info = req.command, req.info
+        if req.version != module.model.protocol_version and command != Command.PROTOCOL_VERSION:
+            return _error(module, req, ReturnCode.VER_ERROR)
+        if req.cid1 != CID1_BATTERY or command not in READ_COMMANDS:
+            return _error(module, req, ReturnCode.CID2_INVALID)
+        spec = commands.COMMANDS[command]
+        if spec.request_info is commands.RequestInfo.NONE:
+            return _ok(module, req, self._unaddressed(module, command))
+        if not info:
+            return None
+        if info[0] == ALL_MODULES and spec.bank_answer is not None:
+            return self._bank(module, req, vanished)
+        if info[0] not in (req.address, req.address - 0x10 * module.group):
+            return _error(module, req, ReturnCode.ADR_ERROR)
+        return _ok(module, req, self._single(module, command))
+
+    def _unaddressed(self, module: VirtualModule, command: int) -> bytes:
+        """0x47, 0x4F, 0x51: the same answer whatever the INFO."""
+        if command == Command.SYSTEM_PARAMETERS:
+            # Recorded: 10 or 11, never 00.
+            flag = ALARM_CHANGED | (self._flag(module) & SWITCH_CHANGED)
+            return commands.PARAMETERS.build(module.model.parameters, info_flag=flag)
+        if command == Command.MANUFACTURER_INFO:
+            master = self.stack.master(module.group)
+            return commands.MANUFACTURER.build(master.manufacturer())
+        return b""  # 0x4F: the version is the answer's VER
+
+    def _single(self, module: VirtualModule, command: int) -> bytes:
+        spec = commands.COMMANDS[command]
+        reading = _READINGS[command](module)
+        if command == Command.ANALOG_VALUES:
+            return spec.build(reading, info_flag=self._flag(module))
+        if command == Command.ALARM_INFO:
+            flag = self._flag(module) & ALARM_CHANGED
+            self._reported[module.address] = reading
+            extra = b"\x00" if module.model.alarm_trailing_byte else b""
+            return spec.build(reading, info_flag=flag) + extra
+        return spec.build(reading)
+
+    def _bank(
+        self, module: VirtualModule, req: _Request, vanished: set[int | None]
+    ) -> Frame | None:
+        stack = self.stack
+        group = module.group
+        if req.address != master_address(group):
+            return _error(module, req, ReturnCode.ADR_ERROR)
+        if not stack.supports_bank_query(group) or stack.faults.draw(
+            req.address, req.command, _NOBANK
+        ):
+            return None  # the firmware ignores FF
+        members = [m for m in stack.group_modules(group) if m.address not in vanished]
+        spec = commands.COMMANDS[req.command]
+        assert spec.bank_answer is not None
+        if req.command == Command.ANALOG_VALUES:
+            payload = spec.bank_answer.build(
+                [m.values() for m in members], info_flag=BANK_VALUES_FLAG
+            )
+        else:
+            flag = max((self._flag(m) & ALARM_CHANGED for m in members), default=0)
+            alarms = [m.alarms() for m in members]
+            self._reported.update((m.address, a) for m, a in zip(members, alarms))
+            payload = spec.bank_answer.build(alarms, info_flag=flag)
+        return _ok(module, req, payload)
+
+    def _flag(self, module: VirtualModule) -> int:
+        """INFOFLAG: what changed since the module's last 0x44 answer."""
+        reported = self._reported.get(module.address)
+        if reported is None:
+            return ALARM_CHANGED | SWITCH_CHANGED
+        now = module.alarms()
+        flag = ALARM_CHANGED if now != reported else 0
+        if _switches(now) != _switches(reported):
+            flag |= SWITCH_CHANGED
+        return flag
+
+    # -- faults -------------------------------------------------------------------------
 
     def _apply(self, frame: Frame, fired: list[Fault]) -> Reply:
         kinds = {f.kind: f for f in fired}
@@ -175,80 +274,9 @@ class Rs485Responder:
         return Reply(data, delay)
 
 
-def _address_zero(stack: BatteryStack, req: _Request) -> Reply:
-    master = stack.present(master_address(0)) if 0 in stack.groups else None
-    if master is None:
-        return SILENCE
-    if master.model.answers_address_zero and req.command in _ADDRESS_ZERO_COMMANDS:
-        return Reply(encode_frame(_answer(stack, master, req, set())))
-    return Reply(encode_frame(_error(master, req, ReturnCode.ADR_ERROR)))
+def _ok(module: VirtualModule, req: _Request, payload: bytes) -> Frame:
+    return Frame(module.model.protocol_version, req.address, CID1_BATTERY, 0, payload)
 
 
 def _error(module: VirtualModule, req: _Request, code: ReturnCode) -> Frame:
     return Frame(module.model.protocol_version, req.address, CID1_BATTERY, code)
-
-
-def _answer(
-    stack: BatteryStack, module: VirtualModule, req: _Request, vanished: set[int | None]
-) -> Frame:
-    if not req.chksum_ok:
-        return _error(module, req, ReturnCode.CHKSUM_ERROR)
-    if not req.lchksum_ok or not req.lenid_ok:
-        return _error(module, req, ReturnCode.LCHKSUM_ERROR)
-    command, info = req.command, req.info
-    if req.version != module.model.protocol_version and command != Command.PROTOCOL_VERSION:
-        return _error(module, req, ReturnCode.VER_ERROR)
-    if req.cid1 != CID1_BATTERY or command not in READ_COMMANDS:
-        return _error(module, req, ReturnCode.CID2_INVALID)
-
-    if command in _PER_MODULE and info == bytes([ALL_MODULES]):
-        return _bank(stack, module, req, vanished)
-    if command in _PER_MODULE:
-        if len(info) != 1:
-            return _error(module, req, ReturnCode.COMMAND_FORMAT_ERROR)
-        if info[0] != req.address:
-            return _error(module, req, ReturnCode.ADR_ERROR)
-        payload = {
-            0x42: lambda: ANALOG_VALUES.build(module.values()),
-            0x44: lambda: ALARM_INFO.build(module.alarms()),
-            0x92: lambda: MANAGEMENT.build(module.management()),
-            0x93: lambda: SERIAL.build(module.serial()),
-            0x96: lambda: SOFTWARE.build(module.software()),
-        }[command]()
-    elif command == Command.SYSTEM_PARAMETERS:
-        if len(info) > 1:
-            return _error(module, req, ReturnCode.COMMAND_FORMAT_ERROR)
-        if info and info[0] != req.address:
-            return _error(module, req, ReturnCode.ADR_ERROR)
-        payload = SYSTEM_PARAMETERS_INFO.build(module.model.parameters)
-    elif info:  # 0x4F and 0x51 take no INFO
-        return _error(module, req, ReturnCode.COMMAND_FORMAT_ERROR)
-    elif command == Command.MANUFACTURER_INFO:
-        payload = MANUFACTURER.build(stack.master(module.group).manufacturer())
-    else:  # 0x4F
-        payload = b""
-    return Frame(module.model.protocol_version, req.address, CID1_BATTERY, 0, payload)
-
-
-def _bank(
-    stack: BatteryStack, module: VirtualModule, req: _Request, vanished: set[int | None]
-) -> Frame:
-    group = stack.group_of(req.address)
-    if req.command not in _BANK_COMMANDS or req.address != master_address(group):
-        return _error(module, req, ReturnCode.ADR_ERROR)
-    ignores_ff = not stack.supports_bank_query(group) or stack.faults.draw(
-        req.address, req.command, _NOBANK
-    )
-    analog = req.command == Command.ANALOG_VALUES
-    if ignores_ff:
-        payload = (
-            ANALOG_VALUES.build(module.values()) if analog else ALARM_INFO.build(module.alarms())
-        )
-    else:
-        members = [m for m in stack.group_modules(group) if m.address not in vanished]
-        payload = (
-            ANALOG_VALUES_BANK.build([m.values() for m in members])
-            if analog
-            else ALARM_INFO_BANK.build([m.alarms() for m in members])
-        )
-    return Frame(module.model.protocol_version, req.address, CID1_BATTERY, 0, payload)

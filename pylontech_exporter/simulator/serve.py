@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import selectors
@@ -192,12 +193,18 @@ class PtySimulator(_Server):
                         self._answer(frame, self._write)
 
 
+#: ``broadcast``: every client sees everything on the bus; ``private``: its own answers.
+GATEWAY_MODES = ("broadcast", "private")
+
+
 class TcpSimulator(_Server):
     """Serves on TCP like an RS485-to-Ethernet gateway; ``port=0`` picks a free port.
 
-    Any number of clients may be connected at once, sequentially or concurrently; each
-    gets the answers to its own requests, and requests are answered one at a time as
-    on one bus.
+    Any number of clients may be connected at once, sequentially or concurrently, and
+    requests are answered one at a time as on one bus. A real gateway is a dumb bridge,
+    so in ``broadcast`` mode (the default) every client receives all bus traffic: the
+    other clients' requests and every answer. ``private`` sends each client only the
+    answers to its own requests.
     """
 
     def __init__(
@@ -208,10 +215,16 @@ class TcpSimulator(_Server):
         *,
         baudrate: int | None = None,
         latency: float = 0.07,
+        gateway: str = "broadcast",
     ) -> None:
+        if gateway not in GATEWAY_MODES:
+            raise ValueError(f"gateway must be one of {', '.join(GATEWAY_MODES)}, not {gateway!r}")
         super().__init__(responder, baudrate=baudrate, latency=latency)
         self.host = host
         self.port = port
+        self.gateway = gateway
+        #: Bytes received from clients (what was sent on the "bus"), for tests.
+        self.received = 0
         self._listener: socket.socket | None = None
 
     @property
@@ -233,6 +246,26 @@ class TcpSimulator(_Server):
     def _run(self) -> None:
         assert self._listener is not None
         clients: dict[socket.socket, Framer] = {}
+
+        def drop(conn: socket.socket) -> None:
+            selector.unregister(conn)
+            del clients[conn]
+            conn.close()
+
+        def send(conns: list[socket.socket], data: bytes) -> None:
+            for conn in conns:
+                try:
+                    conn.sendall(data)
+                except OSError:
+                    drop(conn)
+
+        def reply_to(asker: socket.socket, data: bytes) -> None:
+            """The answer goes on the bus: through a broadcast gateway everybody hears it."""
+            if self.gateway == "broadcast":
+                send(list(clients), data)
+            elif asker in clients:
+                send([asker], data)
+
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -249,16 +282,21 @@ class TcpSimulator(_Server):
                                 selector.register(conn, selectors.EVENT_READ)
                             continue
                         conn = key.fileobj  # type: ignore[assignment]
+                        if conn not in clients:  # dropped while sending to it
+                            continue
                         try:
                             data = conn.recv(4096)
-                            if not data:
-                                raise ConnectionResetError
-                            for frame in clients[conn].feed(data):
-                                self._answer(frame, conn.sendall)
                         except OSError:
-                            selector.unregister(conn)
-                            del clients[conn]
-                            conn.close()
+                            data = b""
+                        if not data:
+                            drop(conn)
+                            continue
+                        self.received += len(data)
+                        framer = clients[conn]
+                        if self.gateway == "broadcast":
+                            send([c for c in clients if c is not conn], data)
+                        for frame in framer.feed(data):
+                            self._answer(frame, functools.partial(reply_to, conn))
             finally:
                 for conn in clients:
                     conn.close()
@@ -284,8 +322,11 @@ def serve_tcp(
     *,
     baudrate: int | None = None,
     latency: float = 0.07,
+    gateway: str = "broadcast",
 ) -> TcpSimulator:
     """Start a :class:`TcpSimulator`; ``.url`` tells where it listens."""
-    server = TcpSimulator(responder, host, port, baudrate=baudrate, latency=latency)
+    server = TcpSimulator(
+        responder, host, port, baudrate=baudrate, latency=latency, gateway=gateway
+    )
     server.start()
     return server
