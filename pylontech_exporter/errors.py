@@ -44,6 +44,13 @@ class PayloadError(FrameError):
     """A frame that is well-formed but whose INFO does not decode as the command's payload."""
 
 
+class ImplausibleReading(PayloadError):
+    """An answer that decodes but holds values no module can report (a cell at -0.001 V,
+    -3549.9 degrees, a state of charge of 65535): not data, whatever the checksum says."""
+
+    reason = "implausible"
+
+
 class ResponseError(PylontechError):
     """The battery answered with a return code (RTN) other than 00."""
 
@@ -61,6 +68,13 @@ class ResponseTimeout(PylontechError, TimeoutError):
     """No complete response frame arrived within the response timeout."""
 
     reason = "timeout"
+
+
+class DeadlinePassed(PylontechError):
+    """The read's deadline (the scrape's time) came before the answer. Not a fault of the
+    bus: not counted, not retried, and nothing is concluded about the firmware from it."""
+
+    reason = "deadline"
 
 
 class TransportError(PylontechError):
@@ -88,6 +102,7 @@ BUS_FAILURES: tuple[type[PylontechError], ...] = (
     ResponseTimeout,
     ChecksumError,
     FrameError,
+    ImplausibleReading,
     ResponseError,
     TransportError,
 )

@@ -5,8 +5,12 @@ units (RS485 frames, console answers). Any pyserial URL works: a device path
 (``/dev/ttyUSB0``, ``/dev/serial/by-id/...``), ``socket://host:port`` for RS485-to-Ethernet
 gateways, ``rfc2217://host:port``. After an I/O failure (adapter unplugged, gateway reset)
 the port is closed and the next request reopens it, so callers see one failed request,
-not a dead object. A line opened ``listen_only`` refuses every write: it is for buses
-where another device is the master.
+not a dead object; ``generation`` counts the openings, so that a caller can tell it may be
+talking to another device now. A line opened ``listen_only`` refuses every write: it is
+for buses where another device is the master.
+
+Every blocking step is bounded by the caller's :class:`~pylontech_exporter.deadline.
+Deadline`: connecting to a gateway, waiting for the line to go quiet, reading.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import errno
 import logging
 import math
 import re
+import threading
 import time
 from collections import deque
 from typing import Protocol
 
 import serial
 
-from .errors import ListenOnlyError, ResponseTimeout, TransportError
+from .deadline import Deadline
+from .errors import DeadlinePassed, ListenOnlyError, ResponseTimeout, TransportError
 
 try:
     import termios
@@ -40,6 +46,12 @@ _IO_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError) 
 DEFAULT_BAUDRATE = 115200
 #: A write that cannot go out in this time means a wedged adapter.
 WRITE_TIMEOUT = 2.0
+#: A TCP connect to a gateway takes at most this long (and never past the deadline).
+CONNECT_TIMEOUT = 5.0
+#: While a deadline may move, reads wait in slices of at most this long.
+DEADLINE_SLICE = 0.05
+#: The line counts as quiet after this many byte times without a byte (and 20 ms at least).
+QUIET_BYTES = 30
 
 
 class Framer(Protocol):
@@ -50,6 +62,10 @@ class Framer(Protocol):
 
     def feed(self, data: bytes) -> list[bytes]: ...
     def clear(self) -> None: ...
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a unit not complete yet (0: the last bytes were not part of one)."""
+        ...
 
 
 class SerialTransport:
@@ -79,15 +95,22 @@ class SerialTransport:
         #: Frames already received but not yet handed out (two frames in one read).
         self._pending: deque[bytes] = deque()
         self._last_activity = 0.0
+        #: How often the port was opened: a change means it may be another device now.
+        self.generation = 0
+        #: The last read ended without its frame: the rest may still be on its way.
+        self._abandoned = False
 
     @property
     def is_open(self) -> bool:
         return self._serial is not None
 
-    def open(self) -> None:
+    def open(self, deadline: Deadline | None = None) -> None:
         if self._serial is not None:
             return
         local = "://" not in self.port
+        bound = CONNECT_TIMEOUT if deadline is None else min(CONNECT_TIMEOUT, deadline.remaining())
+        if bound <= 0:
+            raise DeadlinePassed(f"no time left to open {self.port}")
         try:
             port = serial.serial_for_url(
                 self.port,
@@ -102,10 +125,17 @@ class SerialTransport:
                 port.write_timeout = WRITE_TIMEOUT
             if local:
                 port.exclusive = True  # two readers on one bus garble each other
-            port.open()
+            if self.port.startswith("socket://"):
+                _open_within(port, bound)
+            else:  # a device opens at once; pyserial's RFC 2217 connect waits up to 5 s
+                port.open()
         except (serial.SerialException, OSError, ValueError, NotImplementedError) as error:
+            if deadline is not None and deadline.passed():
+                raise DeadlinePassed(f"opening {self.port} took the time left") from None
             raise TransportError(f"cannot open {self.port}: {_describe(error)}") from None
         self._serial = port
+        self.generation += 1
+        self._abandoned = False
         log.debug("opened %s at %d baud", self.port, self.baudrate)
 
     def close(self) -> None:
@@ -114,16 +144,25 @@ class SerialTransport:
             with contextlib.suppress(*_IO_ERRORS):
                 port.close()
 
-    def send(self, request: bytes) -> None:
-        """Discard stale input, honour the command gap, write ``request``."""
+    @property
+    def quiet_gap(self) -> float:
+        return max(0.02, QUIET_BYTES * 10 / self.baudrate)
+
+    def send(self, request: bytes, deadline: Deadline | None = None) -> None:
+        """Let the rest of an abandoned answer drain (a request on a busy line collides),
+        honour the command gap, discard stale input, write ``request``."""
         if self.listen_only:
             raise ListenOnlyError(f"{self.port} is open listen-only; nothing may be sent")
-        self.open()
+        self.open(deadline)
         assert self._serial is not None
-        pause = self._last_activity + self.command_gap - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
         try:
+            if self._abandoned or self._serial.in_waiting:
+                self._drain(deadline)
+            pause = self._last_activity + self.command_gap - time.monotonic()
+            if pause > 0:
+                if deadline is not None and pause > deadline.remaining():
+                    raise DeadlinePassed("the command gap outlasts the time left")
+                time.sleep(pause)
             self._serial.reset_input_buffer()
             self._splitter.clear()
             self._pending.clear()
@@ -134,28 +173,52 @@ class SerialTransport:
             raise TransportError(f"write to {self.port} failed: {_describe(error)}") from None
         self._last_activity = time.monotonic()
 
+    def _drain(self, deadline: Deadline | None) -> None:
+        """Read and drop bytes until the line has been quiet for :attr:`quiet_gap`."""
+        assert self._serial is not None
+        quiet_until = time.monotonic() + self.quiet_gap
+        while (now := time.monotonic()) < quiet_until:
+            if deadline is not None and deadline.passed():
+                raise DeadlinePassed("the line did not go quiet in time")
+            self._serial.timeout = quiet_until - now
+            if self._serial.read(max(1, self._serial.in_waiting)):
+                quiet_until = time.monotonic() + self.quiet_gap
+        self._abandoned = False
+
     @property
     def longest_frame_seconds(self) -> float:
         """Time the longest possible frame takes on the wire at this baud rate."""
         return self._splitter.max_frame_bytes * 10 / self.baudrate
 
-    def read_frame(self, timeout: float, limit: float = math.inf) -> bytes:
+    def read_frame(
+        self, timeout: float, limit: float = math.inf, deadline: Deadline | None = None
+    ) -> bytes:
         """The next candidate frame (``~`` .. CR).
 
-        Raises :class:`ResponseTimeout` after ``timeout`` seconds without a byte, or at
-        ``limit`` (a :func:`time.monotonic` value) at the latest. The timeout bounds
-        silence, not the whole answer: a 16-module answer takes two seconds to arrive at
-        9600 baud, and it is not late while its bytes keep coming.
+        Raises :class:`ResponseTimeout` after ``timeout`` seconds of silence, or at
+        ``limit`` (a :func:`time.monotonic` value) at the latest, and
+        :class:`DeadlinePassed` when ``deadline`` comes first. The timeout bounds silence,
+        not the whole answer: a 16-module answer takes two seconds to arrive at 9600 baud,
+        and it is not late while its bytes keep coming. Only bytes that can belong to a
+        frame count: junk between frames does not keep the wait open.
         """
-        self.open()
+        self.open(deadline)
         assert self._serial is not None
-        quiet_until = min(time.monotonic() + timeout, limit)
+        quiet_until = time.monotonic() + timeout
         while not self._pending:
-            remaining = quiet_until - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            end = min(quiet_until, limit)
+            cut = deadline is not None and deadline.when <= end
+            if cut:
+                end = deadline.when  # type: ignore[union-attr]
+            if now >= end:
+                self._abandoned = True
+                if cut:
+                    raise DeadlinePassed(f"the deadline came before the answer from {self.port}")
                 raise ResponseTimeout(f"no complete response from {self.port} in time")
+            wait = end - now if deadline is None else min(end - now, DEADLINE_SLICE)
             try:
-                self._serial.timeout = remaining
+                self._serial.timeout = wait
                 data = self._serial.read(1)
                 if data and self._serial.in_waiting:
                     data += self._serial.read(self._serial.in_waiting)
@@ -164,9 +227,29 @@ class SerialTransport:
                 raise TransportError(f"read from {self.port} failed: {_describe(error)}") from None
             if data:
                 self._last_activity = time.monotonic()
-                quiet_until = min(self._last_activity + timeout, limit)
-                self._pending.extend(self._splitter.feed(data))
+                frames = self._splitter.feed(data)
+                if frames or self._splitter.buffered:  # bytes of a frame, not junk
+                    quiet_until = self._last_activity + timeout
+                self._pending.extend(frames)
         return self._pending.popleft()
+
+
+#: pyserial's socket:// connect waits ``protocol_socket.POLL_TIMEOUT`` seconds, a module
+#: global read when it connects: set per connect, one connect at a time.
+_CONNECT_LOCK = threading.Lock()
+
+
+def _open_within(port: serial.Serial, seconds: float) -> None:
+    """Open a socket:// port, the TCP connect bounded by ``seconds``."""
+    from serial.urlhandler import protocol_socket
+
+    with _CONNECT_LOCK:
+        default = protocol_socket.POLL_TIMEOUT
+        protocol_socket.POLL_TIMEOUT = seconds
+        try:
+            port.open()
+        finally:
+            protocol_socket.POLL_TIMEOUT = default
 
 
 _ERRNO_HINTS = {

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pylontech_exporter.errors import PayloadError
+from pylontech_exporter.errors import ImplausibleReading, PayloadError
 from pylontech_exporter.models import (
     AlarmState,
     ManagementInfo,
@@ -275,28 +275,68 @@ def test_up_to_two_trailing_bytes_are_tolerated():
 
 # -- build-then-parse is the identity -------------------------------------------------
 
+# Every value a module can report (what the wire can carry beyond that is refused).
 millivolts = st.integers(-32768, 32767).map(lambda mv: mv / 1000)
-module_millivolts = st.integers(0, 65535).map(lambda mv: mv / 1000)
+cell_millivolts = st.integers(0, 5000).map(lambda mv: mv / 1000)
+module_millivolts = st.integers(0, 65000).map(lambda mv: mv / 1000)
 deci = st.integers(-32768, 32767).map(lambda d: d / 10)
+deciamperes = st.integers(-5000, 5000).map(lambda d: d / 10)
 celsius = st.integers(-32768, 32767).map(lambda raw: (raw - 2731) / 10)
+module_celsius = st.integers(-600, 1500).map(lambda tenths: tenths / 10)
 ANY_ADDRESS = st.integers(1, 254)
 
 
 @st.composite
 def module_values(draw, address=ANY_ADDRESS):
     extended = draw(st.booleans())
-    capacity = st.integers(0, 0xFFFFFF if extended else 0xFFFF).map(lambda mah: mah / 1000)
+    total = draw(st.integers(0, 0xFFFFFF if extended else 0xFFFF))
+    remaining = draw(st.integers(0, min(total, 0xFFFFFF if extended else 0xFFFF)))
     return ModuleValues(
         address=draw(address),
-        cell_voltages=tuple(draw(st.lists(millivolts, max_size=24))),
-        temperatures=tuple(draw(st.lists(celsius, max_size=8))),
-        current=draw(deci),
+        cell_voltages=tuple(draw(st.lists(cell_millivolts, max_size=24))),
+        temperatures=tuple(draw(st.lists(module_celsius, max_size=8))),
+        current=draw(deciamperes),
         voltage=draw(module_millivolts),
-        remaining_capacity=draw(capacity),
-        total_capacity=draw(capacity),
+        remaining_capacity=remaining / 1000,
+        total_capacity=total / 1000,
         cycle_number=draw(st.integers(0, 65535)),
         extended_capacity=extended,
     )
+
+
+IMPLAUSIBLE = {
+    "a cell of 0xFFFF (-0.001 V)": {"cell_voltages": (3.3, -0.001)},
+    "a cell over 5 V": {"cell_voltages": (5.001,)},
+    "raw temperature 0x8000 (-3549.9 degrees)": {"temperatures": (-3549.9,)},
+    "150.1 degrees": {"temperatures": (25.0, 150.1)},
+    "current 0x8000 (-3276.8 A)": {"current": -3276.8},
+    "module voltage 0xFFFF (65.535 V)": {"voltage": 65.535},
+    "remaining 65.535 Ah of 0.001 Ah (a state of charge of 65535)": {
+        "remaining_capacity": 65.535,
+        "total_capacity": 0.001,
+    },
+}
+
+
+@pytest.mark.parametrize("changes", IMPLAUSIBLE.values(), ids=IMPLAUSIBLE.keys())
+def test_values_no_module_reports_are_refused(changes):
+    built = payloads.ANALOG_VALUES.build(dataclasses.replace(US2000_VALUES, **changes))
+    with pytest.raises(ImplausibleReading, match="not a value a module reports"):
+        payloads.ANALOG_VALUES.parse(built)
+    bank = payloads.ANALOG_VALUES_BANK.build(
+        [US2000_VALUES, dataclasses.replace(US2000_VALUES, **changes)]
+    )
+    with pytest.raises(ImplausibleReading):
+        payloads.ANALOG_VALUES_BANK.parse(bank, 0)
+
+
+def test_management_limits_no_module_reports_are_refused():
+    raw = info("02", "FFFF", "ADD4", "0172", "FE8E", "C8")  # 65.535 V charge limit
+    with pytest.raises(ImplausibleReading, match="charge voltage limit"):
+        payloads.MANAGEMENT.parse(raw)
+    raw = info("02", "CFD0", "ADD4", "8000", "FE8E", "C8")  # -3276.8 A
+    with pytest.raises(ImplausibleReading, match="charge current limit"):
+        payloads.MANAGEMENT.parse(raw)
 
 
 @given(module_values())
@@ -343,8 +383,8 @@ def test_alarm_info_round_trip(alarms):
         st.integers(1, 254),
         module_millivolts,
         module_millivolts,
-        deci,
-        deci,
+        deciamperes,
+        deciamperes,
         flags,
         flags,
         flags,

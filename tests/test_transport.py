@@ -103,25 +103,40 @@ def test_a_slow_answer_is_not_late_while_its_bytes_keep_coming(pty_pair):
     line.close()
 
 
-def test_a_chattering_line_is_cut_off_at_the_limit(pty_pair):
-    master, path = pty_pair
-    line = SerialTransport(path, framer=FrameSplitter())
-    line.send(REQUEST)
+def _chatter(master: int, noise: bytes) -> tuple[threading.Event, threading.Thread]:
     stop = threading.Event()
 
-    def chatter() -> None:  # noise that never forms a frame
+    def chatter() -> None:
         while not stop.wait(0.02):
-            os.write(master, b"\x00noise")
+            os.write(master, noise)
 
     writer = threading.Thread(target=chatter)
     writer.start()
+    return stop, writer
+
+
+@pytest.mark.parametrize(
+    ("noise", "limit"),
+    [
+        (b"\x00noise", 60.0),  # junk: the silence timeout ends the wait, not the limit
+        (b"~20", 0.5),  # a frame that never ends: the limit does
+    ],
+    ids=["junk", "endless frame"],
+)
+def test_a_chattering_line_does_not_keep_a_request_open(pty_pair, noise, limit):
+    master, path = pty_pair
+    line = SerialTransport(path, framer=FrameSplitter())
+    line.send(REQUEST)
+    stop, writer = _chatter(master, noise)
     started = time.monotonic()
-    with pytest.raises(ResponseTimeout):
-        line.read_frame(0.2, limit=started + 0.5)
-    assert 0.5 <= time.monotonic() - started < 1.5
-    stop.set()
-    writer.join()
-    line.close()
+    try:
+        with pytest.raises(ResponseTimeout):
+            line.read_frame(0.2, limit=started + limit)
+        assert time.monotonic() - started < 10  # long before a 60 s limit
+    finally:
+        stop.set()
+        writer.join()
+        line.close()
 
 
 def test_a_truncated_frame_never_comes_out(pty_pair):
@@ -324,6 +339,10 @@ class LineFramer:
 
     def clear(self) -> None:
         self.buffer = b""
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buffer)
 
 
 def test_the_framer_handed_in_decides_what_a_unit_is(pty_pair):

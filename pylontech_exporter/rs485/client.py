@@ -16,8 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
 
+from ..deadline import Deadline
 from ..errors import (
+    DeadlinePassed,
     FrameError,
+    ImplausibleReading,
+    PayloadError,
     PylontechError,
     ResponseError,
     ResponseTimeout,
@@ -40,12 +44,23 @@ from ..transport import DEFAULT_BAUDRATE, SerialTransport
 from . import commands
 from .bank_query import BankQueryPolicy
 from .commands import ALL_MODULES_INFO, ReadCommand
-from .frame import READ_COMMANDS, Frame, ReturnCode, decode_frame, encode_request
+from .frame import (
+    READ_COMMANDS,
+    Frame,
+    ReturnCode,
+    check_envelope,
+    decode_frame,
+    encode_request,
+)
 from .stream import FrameSplitter
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The longest wait for the silent address that ends a discovery (real modules answer
+#: within 80 ms).
+DISCOVERY_TIMEOUT = 0.5
 
 #: Return codes that mean the request was garbled on the line: worth another try.
 _RETRYABLE_CODES = frozenset({ReturnCode.CHKSUM_ERROR, ReturnCode.LCHKSUM_ERROR})
@@ -96,6 +111,8 @@ class Pylontech:
         #: Per group: does the firmware answer the bank-wide (FF) 0x42 query?
         self._bank_query: dict[int, BankQueryPolicy] = {}
         self._addresses: dict[int, list[int]] = {}
+        #: VER of the last answer from each address: the protocol version it speaks.
+        self.versions: dict[int, int] = {}
 
     # -- connection ------------------------------------------------------------------
 
@@ -114,12 +131,16 @@ class Pylontech:
         self.close()
 
     @contextlib.contextmanager
-    def deadline(self, when: float) -> Iterator[None]:
+    def deadline(self, when: Deadline | float) -> Iterator[None]:
         """Bound every request made by this thread inside the block by ``when`` (a
-        :func:`time.monotonic` value): timeouts are capped to the time left, and once it
-        has passed requests fail with :class:`ResponseTimeout` without touching the bus."""
+        :class:`~pylontech_exporter.deadline.Deadline`, or a :func:`time.monotonic` value):
+        waits end when it passes (also when it moves while a request waits), and once it
+        has passed requests fail with :class:`DeadlinePassed` without touching the bus."""
         previous = getattr(self._local, "deadline", None)
-        self._local.deadline = when if previous is None else min(when, previous)
+        deadline = when if isinstance(when, Deadline) else Deadline(when)
+        if previous is not None and previous.when < deadline.when:
+            deadline = previous
+        self._local.deadline = deadline
         try:
             yield
         finally:
@@ -142,8 +163,22 @@ class Pylontech:
 
         Raises :class:`ResponseTimeout`, :class:`FrameError` (incl. checksum),
         :class:`ResponseError` for another RTN, :class:`TransportError` when the port
-        cannot be used.
+        cannot be used, :class:`DeadlinePassed` when the deadline comes first.
         """
+        return self._transact(address, command, info, None, timeout, retries)[0]
+
+    def _transact(
+        self,
+        address: int,
+        command: ReadCommand[Any] | int,
+        info: bytes | None,
+        parse: Callable[[bytes], T] | None,
+        timeout: float | None,
+        retries: int | None,
+        *,
+        silence_is_failure: bool = True,
+    ) -> tuple[Frame, T | None]:
+        """One request with its retries; the answer parsed by ``parse`` when given."""
         if not isinstance(command, ReadCommand):
             command = commands.lookup(command)
         if info is None:
@@ -151,16 +186,20 @@ class Pylontech:
         request = encode_request(address, command.code, info)
         attempts = 1 + (self.retries if retries is None else retries)
         wait = self.timeout if timeout is None else timeout
+        bank = info == ALL_MODULES_INFO
+        deadline: Deadline | None = getattr(self._local, "deadline", None)
         with self._lock:
             attempt = 1
             while True:
-                limit = getattr(self._local, "deadline", None)
-                if limit is not None and limit <= time.monotonic():
-                    raise ResponseTimeout("deadline passed before the request was sent")
+                if deadline is not None and deadline.passed():
+                    raise DeadlinePassed("the deadline passed before the request was sent")
                 try:
-                    return self._exchange(address, command, info, request, wait)
+                    return self._exchange(address, command, info, bank, request, wait, parse)
+                except DeadlinePassed:
+                    raise  # the scrape's time is up: not the bus's fault, no retry
                 except PylontechError as error:
-                    self.stats.failures[error.reason] += 1
+                    if silence_is_failure or not isinstance(error, ResponseTimeout):
+                        self.stats.failures[error.reason] += 1
                     retry = attempt < attempts and _worth_retrying(error)
                     log.debug(
                         "0x%02X to 0x%02X failed (%s)%s",
@@ -174,42 +213,84 @@ class Pylontech:
                     attempt += 1
 
     def _exchange(
-        self, address: int, command: ReadCommand[Any], info: bytes, request: bytes, timeout: float
-    ) -> Frame:
-        limit = getattr(self._local, "deadline", None)
-        if limit is None:  # bound a bus that keeps talking: one answer, however long
-            limit = time.monotonic() + timeout + self.transport.longest_frame_seconds
+        self,
+        address: int,
+        command: ReadCommand[Any],
+        info: bytes,
+        bank: bool,
+        request: bytes,
+        timeout: float,
+        parse: Callable[[bytes], T] | None,
+    ) -> tuple[Frame, T | None]:
+        transport = self.transport
+        deadline: Deadline | None = getattr(self._local, "deadline", None)
         self.stats.requests += 1
-        self.transport.send(request)
+        transport.send(request, deadline)
+        # However much the line chatters, one answer takes its wire time after the wait
+        # for its first byte.
+        wire = command.max_answer_bytes(bank) * 10 / transport.baudrate
+        limit = time.monotonic() + timeout + wire
         while True:
-            response = decode_frame(self.transport.read_frame(timeout, limit))
+            response = decode_frame(transport.read_frame(timeout, limit, deadline))
             if response.cid2 in READ_COMMANDS:
                 # A request, not an answer: our own echoed by a 2-wire adapter, or another
                 # master's.
                 log.debug("ignoring a request frame to 0x%02X", response.address)
                 continue
-            if response.address == address and command.answers(info, address, response):
-                break
-            if response.address == address:
+            if response.address != address:
+                # A late answer to an earlier request, or another master's traffic.
+                log.debug(
+                    "ignoring a frame from 0x%02X while waiting for 0x%02X",
+                    response.address,
+                    address,
+                )
+                continue
+            if not command.answers(info, address, response):
                 log.debug("ignoring a late answer to an earlier request to 0x%02X", address)
                 continue
-            # A late answer to an earlier request, or another master's traffic.
-            log.debug(
-                "ignoring a frame from 0x%02X while waiting for 0x%02X", response.address, address
-            )
-        if response.cid2 != ReturnCode.NORMAL:
-            raise ResponseError(response.cid2, address)
-        return response
+            check_envelope(response)
+            if response.cid2 != ReturnCode.NORMAL:
+                raise ResponseError(response.cid2, address)
+            self.versions[address] = response.version
+            if parse is None:
+                return response, None
+            try:
+                return response, parse(response.info)
+            except ImplausibleReading:
+                raise
+            except PayloadError as error:
+                # Well-formed and from the right address, but not this command's answer:
+                # the rest of an earlier one (a bank-wide 0x44 read as 0x42, say).
+                log.debug("ignoring an answer that does not decode: %s", error)
+                continue
 
     # -- one method per read command -------------------------------------------------
 
-    def _read(self, command: ReadCommand[T], address: int, **options: Any) -> T:
-        return command.parse(self.request(address, command, **options).info)
+    def _read(
+        self,
+        command: ReadCommand[T],
+        address: int,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> T:
+        reading = self._transact(address, command, None, command.parse, timeout, retries)[1]
+        assert reading is not None
+        return reading
 
     def _read_bank(self, command: ReadCommand[T], group: int) -> list[T]:
-        assert command.bank_answer is not None
-        frame = self.request(master_address(group), command, ALL_MODULES_INFO)
-        return command.bank_answer.parse(frame.info, group)
+        answer = command.bank_answer
+        assert answer is not None
+        readings = self._transact(
+            master_address(group),
+            command,
+            ALL_MODULES_INFO,
+            lambda info: answer.parse(info, group),
+            None,
+            None,
+        )[1]
+        assert readings is not None
+        return readings
 
     def get_values_single(self, address: int) -> ModuleValues:
         """Analog values of the module at ``address`` (0x42)."""
@@ -279,20 +360,30 @@ class Pylontech:
 
     # -- discovery -------------------------------------------------------------------
 
+    def probe(self, address: int, timeout: float | None = None) -> ModuleSerialNumber | None:
+        """The serial number of the module at ``address``, or None when nothing answers
+        there (one try; a silent address is an answer here, not a failure). An answer
+        with an error code, or a garbled one, still means a module is there: raised."""
+        wait = timeout or min(self.timeout, DISCOVERY_TIMEOUT)
+        serial = commands.SERIAL_NUMBER
+        try:
+            return self._transact(
+                address, serial, None, serial.parse, wait, 0, silence_is_failure=False
+            )[1]
+        except ResponseTimeout:
+            return None
+
     def discover(self, group: int = 0, *, timeout: float | None = None) -> list[int]:
         """Addresses of the modules of ``group``: from the master upward until the first
         address that stays silent (an answer with an error code or a garbled one still
-        means a module is there). ``timeout`` is the wait per try (default: the client's
-        timeout, at most 0.5 s); the silent address that ends the search costs it once
-        per try (1 + retries)."""
-        wait = timeout or min(self.timeout, 0.5)
+        means a module is there). ``timeout`` is the wait for that silent address
+        (default: the client's timeout, at most 0.5 s)."""
         found = []
         first = master_address(group)
         for address in range(first, first + MAX_MODULES_PER_GROUP):
             try:
-                self.request(address, commands.SERIAL_NUMBER, timeout=wait)
-            except ResponseTimeout:
-                break
+                if self.probe(address, timeout) is None:
+                    break
             except (ResponseError, FrameError):
                 pass
             found.append(address)

@@ -17,8 +17,16 @@ from typing import Any, Generic, TypeVar
 import construct as c
 
 from ..errors import WriteCommandRefused
+from ..models import (
+    MAX_MODULES_PER_GROUP,
+    AlarmState,
+    ModuleAlarms,
+    ModuleStatus,
+    ModuleValues,
+    Protections,
+)
 from . import payloads
-from .frame import WRITE_COMMANDS, Command, Frame, ReturnCode
+from .frame import MIN_FRAME_LENGTH, WRITE_COMMANDS, Command, Frame, ReturnCode
 
 #: INFO of a bank-wide request (0x42 and 0x44 to a group's master).
 ALL_MODULES_INFO = bytes([payloads.ALL_MODULES])
@@ -26,6 +34,9 @@ ALL_MODULES_INFO = bytes([payloads.ALL_MODULES])
 T = TypeVar("T")
 #: Bytes a fixed-size answer may carry beyond its declared size (firmwares pad).
 FIXED_SIZE_SLACK = 2
+#: The most cells and temperatures a module reports (48 V modules have up to 16 cells).
+MAX_CELLS = 16
+MAX_TEMPERATURES = 8
 
 
 class RequestInfo(enum.Enum):
@@ -66,6 +77,14 @@ class ReadCommand(Generic[T]):
     def fixed_size(self) -> int | None:
         """INFO length of the answer when it is the same for every module."""
         return _fixed_size(self.answer)
+
+    def max_answer_bytes(self, bank: bool = False) -> int:
+        """The longest answer frame this command can get (bank: the FF form), in bytes:
+        what bounds the wait for it on the wire."""
+        size = self.fixed_size
+        if size is None:
+            size = _LARGEST_INFO.get((self.code, bank), 0)
+        return MIN_FRAME_LENGTH + 2 * (size + FIXED_SIZE_SLACK)
 
     def parse(self, info: bytes) -> T:
         """The typed reading of one module's answer INFO."""
@@ -148,6 +167,46 @@ COMMANDS: dict[int, ReadCommand[Any]] = {
         SOFTWARE_VERSION,
     )
 }
+
+
+def _largest_info() -> dict[tuple[int, bool], int]:
+    """INFO bytes of the largest 0x42 and 0x44 answers the protocol can carry: 16 cells,
+    8 temperatures, 3-byte capacities; a bank of 16 such modules."""
+    values = ModuleValues(
+        address=2,
+        cell_voltages=(3.3,) * MAX_CELLS,
+        temperatures=(25.0,) * MAX_TEMPERATURES,
+        current=0.0,
+        voltage=52.8,
+        remaining_capacity=50.0,
+        total_capacity=100.0,
+        cycle_number=0,
+        extended_capacity=True,
+    )
+    alarms = ModuleAlarms(
+        address=2,
+        cell_states=(AlarmState.NORMAL,) * MAX_CELLS,
+        temperature_states=(AlarmState.NORMAL,) * MAX_TEMPERATURES,
+        charge_current_state=AlarmState.NORMAL,
+        voltage_state=AlarmState.NORMAL,
+        discharge_current_state=AlarmState.NORMAL,
+        protections=Protections(),
+        status=ModuleStatus(),
+        cell_voltage_errors=(False,) * MAX_CELLS,
+    )
+    return {
+        (Command.ANALOG_VALUES, False): len(payloads.ANALOG_VALUES.build(values)),
+        (Command.ANALOG_VALUES, True): len(
+            payloads.ANALOG_VALUES_BANK.build([values] * MAX_MODULES_PER_GROUP)
+        ),
+        (Command.ALARM_INFO, False): len(payloads.ALARM_INFO.build(alarms)),
+        (Command.ALARM_INFO, True): len(
+            payloads.ALARM_INFO_BANK.build([alarms] * MAX_MODULES_PER_GROUP)
+        ),
+    }
+
+
+_LARGEST_INFO = _largest_info()
 
 
 def lookup(code: int) -> ReadCommand[Any]:

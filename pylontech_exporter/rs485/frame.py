@@ -111,6 +111,15 @@ def encode_request(address: int, command: int, info: bytes = b"") -> bytes:
     return encode_frame(Frame(REQUEST_VERSION, address, CID1_BATTERY, command, info))
 
 
+def check_envelope(frame: Frame) -> None:
+    """Refuse an answer that is not a Pylontech battery's: CID1 other than 0x46, or a VER
+    outside 2.x (a frame from another protocol sharing the bus)."""
+    if frame.cid1 != CID1_BATTERY:
+        raise FrameError(f"answer with CID1 0x{frame.cid1:02X}, not a battery's (0x46)")
+    if frame.version >> 4 != REQUEST_VERSION >> 4:
+        raise FrameError(f"answer with VER 0x{frame.version:02X}, not protocol version 2.x")
+
+
 def _hex_field(raw: bytes, start: int, width: int) -> int:
     """A field of a frame already checked to be hex-ASCII."""
     return int(raw[start : start + width], 16)

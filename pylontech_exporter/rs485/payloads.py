@@ -20,7 +20,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 import construct as c
 
-from ..errors import PayloadError
+from ..errors import ImplausibleReading, PayloadError
 from ..models import (
     AlarmState,
     ManagementInfo,
@@ -281,6 +281,37 @@ def _model_fields(model: type, values: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if name in names}
 
 
+#: What a module can report, in raw wire units: cells 0..5 V (mV), temperatures
+#: -60..+150 degrees (0.1 K), currents within +-500 A (0.1 A: 0x8000 = -3276.8 A is a filler),
+#: module voltages of 65 V at most (mV: 16 cells at 4 V; 0xFFFF is a filler). Anything else
+#: is not a reading.
+CELL_MV = range(0, 5001)
+DECIKELVIN_RANGE = range(2731 - 600, 2731 + 1501)
+DECIAMPERES = range(-5000, 5001)
+MODULE_MV = range(0, 65001)
+#: Remaining capacity may exceed the full one a little (BMS calibration), not more.
+CAPACITY_SLACK = 1.2
+
+
+def _implausible(what: str, value: Any, address: int) -> ImplausibleReading:
+    return ImplausibleReading(f"0x{address:02X}: {what} {value} is not a value a module reports")
+
+
+def _check_values(raw: Mapping[str, Any], remaining: int, total: int, address: int) -> None:
+    bad = [v for v in raw["cell_voltages"] if v not in CELL_MV]
+    if bad:
+        raise _implausible("cell voltage (mV)", bad[0], address)
+    bad = [t for t in raw["temperatures"] if t not in DECIKELVIN_RANGE]
+    if bad:
+        raise _implausible("temperature (0.1 K)", bad[0], address)
+    if raw["current"] not in DECIAMPERES:
+        raise _implausible("current (0.1 A)", raw["current"], address)
+    if raw["voltage"] not in MODULE_MV:
+        raise _implausible("module voltage (mV)", raw["voltage"], address)
+    if remaining > total * CAPACITY_SLACK + 1000:
+        raise _implausible("remaining capacity (mAh)", f"{remaining} of {total}", address)
+
+
 def _module_values(raw: Mapping[str, Any], address: int) -> ModuleValues:
     # Spelled out rather than through a unit table: this runs for every module of every
     # scrape, and _raw_module_values below is its mirror image.
@@ -288,6 +319,7 @@ def _module_values(raw: Mapping[str, Any], address: int) -> ModuleValues:
         remaining, total = raw["remaining_capacity_3"], raw["total_capacity_3"]
     else:
         remaining, total = raw["remaining_capacity_2"], raw["total_capacity_2"]
+    _check_values(raw, remaining, total, address)
     return ModuleValues(
         address=address,
         cell_voltages=tuple(map(MILLI.decode, raw["cell_voltages"])),
@@ -393,10 +425,18 @@ class Payload(Generic[T]):
         return bytes(self.struct.build({**self._to_raw(reading), **fields}))
 
 
-def _flat(struct: c.Construct, model: type, units: Mapping[str, Unit]) -> Payload[Any]:
-    """A payload whose reading is ``model`` field for field (bit flags under ``status``)."""
+def _flat(
+    struct: c.Construct,
+    model: type,
+    units: Mapping[str, Unit],
+    check: Callable[[Mapping[str, Any]], None] | None = None,
+) -> Payload[Any]:
+    """A payload whose reading is ``model`` field for field (bit flags under ``status``);
+    ``check`` refuses raw values no module reports."""
 
     def to_reading(raw: Mapping[str, Any]) -> Any:
+        if check is not None:
+            check(raw)
         values = _convert(raw, units, "decode")
         values.update(raw.get("status") or {})
         return model(**_model_fields(model, values))
@@ -457,7 +497,20 @@ ALARM_INFO_BANK = BankPayload(ALARM_MODULE, _module_alarms, _raw_module_alarms)
 SYSTEM_PARAMETERS_INFO: Payload[SystemParameters] = _flat(
     SYSTEM_PARAMETERS, SystemParameters, SYSTEM_PARAMETER_UNITS
 )
-MANAGEMENT: Payload[ManagementInfo] = _flat(MANAGEMENT_INFO, ManagementInfo, MANAGEMENT_UNITS)
+
+
+def _check_management(raw: Mapping[str, Any]) -> None:
+    for name in ("charge_voltage_limit", "discharge_voltage_limit"):
+        if raw[name] not in MODULE_MV:
+            raise _implausible(name.replace("_", " ") + " (mV)", raw[name], raw["address"])
+    for name in ("charge_current_limit", "discharge_current_limit"):
+        if raw[name] not in DECIAMPERES:
+            raise _implausible(name.replace("_", " ") + " (0.1 A)", raw[name], raw["address"])
+
+
+MANAGEMENT: Payload[ManagementInfo] = _flat(
+    MANAGEMENT_INFO, ManagementInfo, MANAGEMENT_UNITS, _check_management
+)
 SERIAL: Payload[ModuleSerialNumber] = _flat(
     SERIAL_NUMBER, ModuleSerialNumber, {"serial_number": text(16)}
 )
