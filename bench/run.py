@@ -116,6 +116,16 @@ def banks_of(line: Line, link: str, baud: int) -> list[BankConfig]:
     return [BankConfig(name=str(g), serial=serial, group=g) for g in line.stack.groups]
 
 
+def settle(poller: Poller, timeout: float = 60.0) -> None:
+    """Start ``poller`` and wait until it knows every bank (as an exporter at start)."""
+    poller.start()
+    deadline = time.monotonic() + timeout
+    while not all(b.settled for b in poller.banks):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the banks were not discovered in time")
+        time.sleep(0.01)
+
+
 def read(poller: Poller) -> Snapshot:
     snapshot = poller.read(time.monotonic() + 120)
     if not all(b.up and b.complete and b.bank_query for b in snapshot.banks):
@@ -136,7 +146,8 @@ def measure_snapshots(
     with simulated(modules, groups) as (line, link):
         poller = Poller(banks_of(line, link, bauds[0]))
         try:
-            snapshot = read(poller)  # discovery and static data, no latency
+            settle(poller)  # discovery and static data, no latency
+            snapshot = read(poller)
             for baud in bauds:
                 line.set_speed(baud, latency)
                 walls, cpus, floor, requests = [], [], 0.0, 0

@@ -1,24 +1,32 @@
 """What is remembered about one bank between scrapes, whatever the source reads it.
 
-A :class:`Bank` knows which modules the bank has (from discovery, or fixed by the
-configuration), holds their static data (serial numbers, versions, thresholds) between
-its refreshes, counts the bank's requests and failures, and turns what a source read in
-one scrape into a :class:`~pylontech_exporter.snapshot.BankReading`: modules known but
-not read are there, down; the bank going down or coming back is logged once.
+A :class:`Bank` knows which modules the bank has (verified by discovery, or fixed by the
+configuration), keeps what is read less often than every scrape (static data, the
+charge/discharge management info) with the time it was read, counts the bank's requests
+and failures, and turns what a source read in one scrape into a
+:class:`~pylontech_exporter.snapshot.BankReading`: modules known but not read are there,
+down; the bank going down or coming back is logged once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import BankConfig
 from .errors import FAILURE_REASONS
 from .logging_setup import kv
-from .models import ManufacturerInfo, ProtocolVersion, SystemParameters, module_address
+from .models import (
+    ManagementInfo,
+    ManufacturerInfo,
+    ProtocolVersion,
+    SystemParameters,
+    module_address,
+)
 from .snapshot import BankReading, ModuleReading
 
 log = logging.getLogger(__name__)
@@ -27,44 +35,69 @@ log = logging.getLogger(__name__)
 STATIC_REFRESH_SECONDS = 3600.0
 #: Re-discovery after a module stopped answering happens at most this often.
 REDISCOVER_SECONDS = 300.0
+#: A module that answered nothing for this long and that a rediscovery did not find is
+#: no longer expected (until then it is exported as down).
+DROP_AFTER_SECONDS = 3600.0
+#: Management info (0x92) older than this is not exported.
+MANAGEMENT_MAX_AGE = 60.0
+#: A discovery that found nothing is tried again after this many seconds.
+EMPTY_RETRY_SECONDS = 10.0
 
 
 @dataclass
-class ModuleStatic:
-    """What changes only with a firmware update or a swapped module."""
+class ModuleMemory:
+    """What is kept of one module between scrapes; times are ``clock()`` values."""
 
     serial_number: str | None = None
     software_version: str | None = None
     parameters: SystemParameters | None = None
+    #: When the static data above was last read completely (None: never).
+    static_at: float | None = None
+    static_wall: float = 0.0
+    management: ManagementInfo | None = None
+    management_at: float = -math.inf
+    management_wall: float = 0.0
+    #: Per command name: did the last attempt succeed?
+    success: dict[str, bool] = field(default_factory=dict)
+    #: When the module last answered anything.
+    last_answer: float = -math.inf
+    #: Parts of the static data still to read in the refresh under way.
+    static_pending: list[str] = field(default_factory=list)
 
 
 class Bank:
-    """One bank's memory: known modules (by 1-based position), static data, counters."""
+    """One bank's memory: known modules (by 1-based position), what they said, counters."""
 
     def __init__(
         self,
         config: BankConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         static_refresh: float = STATIC_REFRESH_SECONDS,
         rediscover: float = REDISCOVER_SECONDS,
+        drop_after: float = DROP_AFTER_SECONDS,
     ) -> None:
         self.config = config
         self.name = config.name
         self.group = config.group
         self.clock = clock
+        self.wall = wall
         self.static_refresh = static_refresh
         self.rediscover_after = rediscover
-        #: Positions of the modules this bank is expected to have (never shrinks, so that
-        #: a module that stops answering keeps exporting module_up 0).
-        self.known: list[int] = list(range(1, config.modules + 1)) if config.modules else []
+        self.drop_after = drop_after
+        self.modules: dict[int, ModuleMemory] = {}
+        for position in range(1, (config.modules or 0) + 1):
+            self.modules[position] = ModuleMemory()
+        #: When the last complete discovery ended (None: never).
         self.last_discovery: float | None = None
-        self.rediscover_wanted = False
-        self.static: dict[int, ModuleStatic] = {}
-        self.static_at: float | None = None
+        #: Why a discovery is wanted (None: it is not), and from when on.
+        self.discovery_reason: str | None = None if config.modules else "start"
+        self._discovery_from = -math.inf
         self.manufacturer: ManufacturerInfo | None = None
         self.protocol_version: ProtocolVersion | None = None
-        #: Positions that answered last time (a change triggers the static refresh).
+        self.bank_static_at: float | None = None
+        #: Positions that answered last time (a change is logged).
         self.answering: set[int] = set()
         self.requests = 0
         self.failures: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
@@ -74,76 +107,149 @@ class Bank:
 
     # -- modules ----------------------------------------------------------------------
 
+    @property
+    def known(self) -> list[int]:
+        """Positions of the modules this bank is expected to have, in order."""
+        return sorted(self.modules)
+
+    @property
+    def discovering(self) -> bool:
+        """Whether the modules are not known yet (a first discovery is under way)."""
+        return self.last_discovery is None and not self.config.modules
+
+    @property
+    def settled(self) -> bool:
+        """Whether the first work on the bank is done: its modules are known, and the
+        static data of the bank and of each module read once at least (a bank where
+        nothing answered is settled too: there is nothing more to know until it does)."""
+        if self.discovering or self.discovery_reason == "start":
+            return False
+        if not self.modules:
+            return True
+        return self.bank_static_at is not None and all(
+            m.static_at is not None for m in self.modules.values()
+        )
+
     def address(self, position: int) -> int:
         return module_address(self.group, position)
 
+    def memory(self, position: int) -> ModuleMemory:
+        return self.modules.setdefault(position, ModuleMemory())
+
+    def answered_now(self, position: int) -> None:
+        """The module at ``position`` answered a request just now."""
+        if position in self.modules:
+            self.modules[position].last_answer = self.clock()
+
     def reading(self, position: int) -> ModuleReading:
-        """A module of this scrape, with the static data known so far."""
+        """A module of this scrape, with what is kept of it: static data and, while
+        younger than MANAGEMENT_MAX_AGE, the management info, with their times."""
+        memory = self.memory(position)
         module = ModuleReading(position, self.address(position))
-        self.apply_static(module)
+        module.serial_number = memory.serial_number
+        module.software_version = memory.software_version
+        module.parameters = memory.parameters
+        if memory.static_at is not None:
+            module.read_at["static"] = memory.static_wall
+        if self.clock() - memory.management_at <= MANAGEMENT_MAX_AGE:
+            module.management = memory.management
+            module.read_at["management"] = memory.management_wall
+        module.success = dict(memory.success)
         return module
 
-    def apply_static(self, module: ModuleReading) -> None:
-        static = self.static.get(module.position) or ModuleStatic()
-        module.serial_number = static.serial_number
-        module.software_version = static.software_version
-        module.parameters = static.parameters
+    def keep_management(self, position: int, info: ManagementInfo) -> None:
+        memory = self.memory(position)
+        memory.management = info
+        memory.management_at = self.clock()
+        memory.management_wall = self.wall()
 
-    def learn(self, positions: Iterable[int]) -> bool:
-        """Add ``positions`` to the known modules; True when that changed them."""
-        before = set(self.known)
-        self.known = sorted(before | set(positions))
-        return set(self.known) != before
+    def record(self, position: int, command: str, ok: bool) -> None:
+        """The outcome of the last attempt of ``command`` at ``position``."""
+        if position in self.modules:
+            self.modules[position].success[command] = ok
 
-    # -- discovery and static data ----------------------------------------------------
+    # -- discovery --------------------------------------------------------------------
 
-    def discovery_due(self, now: float) -> bool:
+    def discovery_due(self) -> bool:
         if self.config.modules:
             return False
-        if not self.known or self.last_discovery is None:
-            return True
-        if now - self.last_discovery >= self.static_refresh:
-            return True
-        return self.rediscover_wanted and now - self.last_discovery >= self.rediscover_after
+        now = self.clock()
+        if (
+            self.discovery_reason is None
+            and self.last_discovery is not None
+            and now - self.last_discovery >= self.static_refresh
+        ):
+            self.want_discovery("hourly")
+        return self.discovery_reason is not None and now >= self._discovery_from
 
-    def discovered(self, positions: Iterable[int], now: float) -> None:
-        """A complete discovery found ``positions``."""
-        self.last_discovery = now
-        self.rediscover_wanted = False
-        if self.learn(positions):
-            self.static_at = None
+    def want_discovery(self, reason: str, after: float = 0.0) -> None:
+        """Discover again, ``after`` seconds from now at the earliest."""
+        if not self.config.modules and self.discovery_reason is None:
+            self.discovery_reason = reason
+            self._discovery_from = self.clock() + after
+
+    def discovered(self, found: Iterable[int]) -> None:
+        """A discovery ended; ``found`` answered it. Modules that did not, and that have
+        not answered anything for DROP_AFTER seconds, are no longer expected."""
+        now = self.clock()
+        found = set(found)
+        before = set(self.modules)
+        for position in found:
+            self.memory(position).last_answer = now
+        dropped = {
+            p for p in before - found if now - self.modules[p].last_answer >= self.drop_after
+        }
+        for position in dropped:
+            del self.modules[position]
+        if dropped:
+            log.warning(
+                "modules no longer answer discovery; not expected any more",
+                extra=kv(bank=self.name, modules=_positions(dropped)),
+            )
+        if set(self.modules) != before or self.last_discovery is None:
             log.info(
                 "discovered modules",
-                extra=kv(bank=self.name, group=self.group, modules=_positions(self.known)),
+                extra=kv(bank=self.name, group=self.group, modules=_positions(self.modules)),
             )
+        self.last_discovery = now
+        self.discovery_reason = None
+        if not self.modules:
+            self.want_discovery("no module answered discovery", EMPTY_RETRY_SECONDS)
 
-    def static_expired(self, now: float) -> bool:
-        """Whether the static data is due for its (hourly) refresh; starts it if so."""
-        if self.static_at is not None and now - self.static_at < self.static_refresh:
-            return False
-        self.static.clear()
+    def forget(self, reason: str) -> None:
+        """Another stack answers on this port: nothing known of this one holds."""
+        log.warning("forgetting the bank's modules", extra=kv(bank=self.name, why=reason))
+        self.modules = {p: ModuleMemory() for p in range(1, (self.config.modules or 0) + 1)}
         self.manufacturer = self.protocol_version = None
-        self.static_at = now
-        return True
+        self.bank_static_at = None
+        self.answering = set()
+        self.last_discovery = None
+        self.discovery_reason = None if self.config.modules else reason
 
-    def answered(self, positions: set[int]) -> set[int]:
-        """Record which modules answered this scrape; returns those that (re)appeared,
-        whose static data is read again."""
+    def static_due(self, position: int) -> bool:
+        at = self.memory(position).static_at
+        return at is None or self.clock() - at >= self.static_refresh
+
+    def bank_static_due(self) -> bool:
+        at = self.bank_static_at
+        return at is None or self.clock() - at >= self.static_refresh
+
+    def answered(self, positions: set[int]) -> None:
+        """Record which modules' values this scrape read; a module that stopped answering
+        asks for a rediscovery."""
+        if positions == self.answering:
+            return
+        lost = self.answering - positions
         new = positions - self.answering
-        if positions != self.answering:
-            lost = self.answering - positions
-            if lost:
-                log.warning(
-                    "modules stopped answering",
-                    extra=kv(bank=self.name, modules=_positions(lost)),
-                )
-                self.rediscover_wanted = True
-            if new and self.answering:
-                log.info("modules answer again", extra=kv(bank=self.name, modules=_positions(new)))
-            for position in new:
-                self.static.pop(position, None)
-            self.answering = positions
-        return new
+        if lost:
+            log.warning(
+                "modules stopped answering", extra=kv(bank=self.name, modules=_positions(lost))
+            )
+            since = self.clock() - (self.last_discovery or -math.inf)
+            self.want_discovery("a module stopped answering", self.rediscover_after - since)
+        if new and self.answering:
+            log.info("modules answer again", extra=kv(bank=self.name, modules=_positions(new)))
+        self.answering = positions
 
     # -- one read ---------------------------------------------------------------------
 
@@ -162,6 +268,7 @@ class Bank:
             requests=self.requests,
             failures=dict(self.failures),
             complete=False,
+            discovering=self.discovering,
             error=error,
         )
 
@@ -180,16 +287,27 @@ class Bank:
         reading.duration = duration
         reading.requests = self.requests
         reading.failures = dict(self.failures)
+        reading.discovering = self.discovering
         if not reading.up and reading.error is None:
-            reading.error = "no module answered"
+            if reading.discovering:
+                reading.error = "discovering the modules"
+            elif not self.known:
+                reading.error = "no module answered discovery"
+            else:
+                reading.error = "no module answered"
             if self.last_error and reading.complete:
                 reading.error += f" (last error: {self.last_error})"
-        if reading.up != self._was_up and (self._was_up is not None or not reading.up):
+        if (
+            not reading.discovering
+            and reading.up != self._was_up
+            and (self._was_up is not None or not reading.up)
+        ):
             if reading.up:
                 log.info("bank answers again", extra=kv(bank=self.name))
             else:
                 log.warning("bank down", extra=kv(bank=self.name, err=reading.error))
-        self._was_up = reading.up
+        if not reading.discovering:
+            self._was_up = reading.up
         if reading.up:  # bank identity only with readings: a bank that is down has none
             reading.manufacturer, reading.protocol_version = (
                 self.manufacturer,

@@ -1,9 +1,12 @@
 """Short-lived snapshot cache with single-flight.
 
-A snapshot younger than the TTL is served as is. When it is older, the first scrape reads
-the bus and every scrape that arrives meanwhile waits for that read instead of starting its
-own; a waiter whose own deadline passes first gets a snapshot in which nothing was read
-(every bank down), never an older one.
+A snapshot younger than the TTL is served as is, if it was read completely or with at
+least the scraper's own budget: a read cut short by one scraper's tiny timeout is never
+what a scraper with more time gets. When no snapshot serves, the first scrape starts a
+bus read and every scrape that arrives meanwhile waits for that read instead of starting
+its own; each waiter moves the read's deadline to its own if that is later, so a short
+budget never cuts short what the others wait for. A waiter whose own deadline passes
+first gets a snapshot in which nothing was read (every bank down), never an older one.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import threading
 import time
 from typing import Callable
 
+from .deadline import Deadline
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
 
 class _Flight:
-    def __init__(self) -> None:
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
         self.done = threading.Event()
         self.result: Snapshot | None = None
 
@@ -30,7 +35,7 @@ class SnapshotCache:
 
     def __init__(
         self,
-        read: Callable[[float], Snapshot],
+        read: Callable[[Deadline], Snapshot],
         unread: Callable[[str], Snapshot],
         ttl: float,
         *,
@@ -51,30 +56,42 @@ class SnapshotCache:
         """The latest snapshot read, whatever its age (for the landing page)."""
         return self._last
 
-    def get(self, deadline: float) -> Snapshot:
-        with self._lock:
-            last = self._last
-            if last is not None and self.ttl > 0 and self._clock() - last.finished < self.ttl:
-                return last
-            flight = self._flight
-            leader = flight is None
-            if flight is None:
-                flight = self._flight = _Flight()
-                self.reads += 1
-        if leader:
-            return self._lead(flight, deadline)
-        if flight.done.wait(timeout=max(0.0, deadline - self._clock())) and flight.result:
-            return flight.result
-        return self._unread("scrape deadline passed while waiting for the bus read in progress")
+    def _serves(self, snapshot: Snapshot | None, budget: float) -> bool:
+        if snapshot is None or self.ttl <= 0 or self._clock() - snapshot.finished >= self.ttl:
+            return False
+        return snapshot.complete or snapshot.budget >= budget
 
-    def _lead(self, flight: _Flight, deadline: float) -> Snapshot:
+    def get(self, deadline: float) -> Snapshot:
+        budget = deadline - self._clock()
+        with self._lock:
+            if self._serves(self._last, budget):
+                assert self._last is not None
+                return self._last
+            flight = self._flight
+            if flight is None:
+                flight = self._flight = _Flight(Deadline(deadline, self._clock))
+                self.reads += 1
+                # On a thread of its own: every scraper waits only as long as it may,
+                # the one that happened to start the read included.
+                threading.Thread(target=self._lead, args=(flight,), daemon=True).start()
+            else:
+                flight.deadline.extend(deadline)
+        if not flight.done.wait(timeout=max(0.0, deadline - self._clock())):
+            return self._unread("scrape deadline passed while waiting for the bus read")
+        if flight.result is None:
+            return self._unread("the bus read failed; see the exporter's log")
+        return flight.result
+
+    def _lead(self, flight: _Flight) -> None:
         snapshot: Snapshot | None = None
         try:
             try:
-                snapshot = self._read(deadline)
+                snapshot = self._read(flight.deadline)
             except Exception as error:  # never leave waiters hanging
                 log.exception("reading the snapshot failed")
                 snapshot = self._unread(f"internal error: {error}")
+        except Exception:
+            log.exception("reporting the failed read failed too")
         finally:
             # Whatever happened, the flight ends here: waiters wake up (without a result
             # they report nothing read) and the next scrape starts a read of its own.
@@ -84,4 +101,3 @@ class SnapshotCache:
                 self._flight = None
             flight.result = snapshot
             flight.done.set()
-        return snapshot

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -25,11 +26,11 @@ from .config import (
     DEFAULT_COMMAND_GAP,
     DEFAULT_TIMEOUT,
     Config,
-    ConfigError,
     banks_from_flags,
-    check_port_available,
+    check_ports,
     load_config,
 )
+from .errors import ConfigError
 from .logging_setup import FORMATS, LEVELS, kv, setup_logging
 
 log = logging.getLogger("pylontech_exporter")
@@ -38,6 +39,8 @@ PROG = "pylontech-exporter"
 ENV_PREFIX = "PYLONTECH_EXPORTER_"
 COMMANDS = ("scan", "dump")
 EXIT_CONFIG = 2
+#: 128 + SIGINT, as a shell reports Ctrl-C.
+EXIT_INTERRUPTED = 130
 NO_SOURCE = (
     "nothing to read: give --serial.port (a device or pyserial URL such as "
     "socket://10.0.0.7:8899), --config.file (YAML with the banks) or --simulate "
@@ -68,11 +71,16 @@ def _number(kind: str, convert: Callable[[str], Any], check: Callable[[Any], boo
 
 
 positive_int = _number("a positive integer", int, lambda v: v > 0)
+module_count = _number("a module count 1..16", int, lambda v: 1 <= v <= 16)
 group_number = _number("a group number 0..7 (DIP switches 2-4)", int, lambda v: 0 <= v <= 7)
 positive_seconds = _number(
     "a positive number of seconds", float, lambda v: math.isfinite(v) and v > 0
 )
 seconds = _number("a number of seconds >= 0", float, lambda v: math.isfinite(v) and v >= 0)
+ttl_seconds = _number("a number of seconds 0..3600", float, lambda v: 0 <= v <= 3600)
+offset_seconds = _number(
+    "a number of seconds 0..60 (or leave it out: measured)", float, lambda v: 0 <= v <= 60
+)
 
 
 def _choice(name: str, choices: Sequence[str]) -> Callable[[str], str]:
@@ -198,6 +206,13 @@ def build_parser(command: str | None = None) -> Parser:
         help="group (0..7) to read on --serial.port; repeat for several (default 0)",
     )
     source.add_argument(
+        "--modules",
+        dest="modules",
+        type=module_count,
+        metavar="N",
+        help="modules per group on --serial.port, skipping discovery (default: discover)",
+    )
+    source.add_argument(
         "--config.file",
         dest="config_file",
         metavar="FILE",
@@ -212,7 +227,7 @@ def build_parser(command: str | None = None) -> Parser:
     source.add_argument(
         "--simulate.modules",
         dest="simulate_modules",
-        type=positive_int,
+        type=module_count,
         default=3,
         metavar="N",
         help="modules per group of the virtual stack (default %(default)s)",
@@ -255,7 +270,7 @@ def build_parser(command: str | None = None) -> Parser:
         web.add_argument(
             "--cache.ttl",
             dest="cache_ttl",
-            type=seconds,
+            type=ttl_seconds,
             default=5.0,
             metavar="SECONDS",
             help="serve a snapshot this young as is; 0 reads at every scrape (default %(default)s)",
@@ -263,10 +278,11 @@ def build_parser(command: str | None = None) -> Parser:
         web.add_argument(
             "--scrape.timeout-offset",
             dest="scrape_timeout_offset",
-            type=seconds,
-            default=0.5,
+            type=offset_seconds,
+            default=None,
             metavar="SECONDS",
-            help="finish this long before Prometheus' scrape timeout (default %(default)s)",
+            help="finish this long before Prometheus' scrape timeout; default: the measured "
+            "time to render the metrics plus 50 ms (about 0.1 s)",
         )
     elif command == "scan":
         parser.add_argument(
@@ -309,9 +325,10 @@ def build_parser(command: str | None = None) -> Parser:
 
 
 def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
-    """Split off the command (``scan``/``dump``) and parse the flags."""
+    """Split off the command (``scan``/``dump``, before or after the flags) and parse the
+    flags."""
     args = list(argv)
-    command = args.pop(0) if args and args[0] in COMMANDS else None
+    command = _command(args)
     parser = build_parser(command)
     parser.apply_environment(dict(os.environ) if environ is None else environ)
     namespace = parser.parse_args(args)
@@ -322,6 +339,28 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     if namespace.group is None:
         namespace.group = [0]
     return namespace
+
+
+def _command(args: list[str]) -> str | None:
+    """Take the command out of ``args``: the first word that is not a flag or a flag's
+    value."""
+    takes_value = {
+        option
+        for name in (None, *COMMANDS)
+        for action in build_parser(name)._actions
+        for option in action.option_strings
+        if action.nargs != 0
+    }
+    for index, word in enumerate(args):
+        if word.startswith("-"):
+            continue
+        previous = args[index - 1] if index else ""
+        if previous in takes_value:
+            continue  # a flag's value
+        if word in COMMANDS:
+            return args.pop(index)
+        return None  # argparse says what this word is doing here
+    return None
 
 
 # --- from flags to banks -------------------------------------------------------------------
@@ -339,6 +378,10 @@ def build_config(args: argparse.Namespace) -> Config:
         raise ConfigError(
             "--serial.port and --config.file both given; put every bank in the config file"
         )
+    if args.modules and not args.serial_port:
+        raise ConfigError(
+            "--modules applies to --serial.port; in a config file give each bank `modules:`"
+        )
     settings = dict(
         baudrate=args.serial_baudrate,
         timeout=args.serial_timeout,
@@ -346,7 +389,7 @@ def build_config(args: argparse.Namespace) -> Config:
     )
     if args.config_file:
         return load_config(args.config_file, **settings)
-    return banks_from_flags(args.serial_port, args.group, **settings)
+    return banks_from_flags(args.serial_port, args.group, modules=args.modules, **settings)
 
 
 @contextlib.contextmanager
@@ -372,8 +415,7 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Config, bool]]:
         return
     try:
         config = build_config(args)
-        for port in dict.fromkeys(b.port for b in config.banks):
-            check_port_available(port)
+        check_ports(config.banks)
     except ConfigError as error:
         fail(str(error))
     yield config, False
@@ -400,14 +442,15 @@ def build_server(
     address: tuple[str, int],
     telemetry_path: str = "/metrics",
     cache_ttl: float = 5.0,
-    timeout_offset: float = 0.5,
+    timeout_offset: float | None = None,
     exporter_metrics: bool = True,
     simulated: bool = False,
     web_config: Any = None,
     **server_options: Any,
 ) -> tuple[Any, Any]:
-    """The exporter for ``config``: (ExporterServer, Poller), not yet serving. Raises
-    OSError when the address cannot be listened on."""
+    """The exporter for ``config``: (ExporterServer, Poller), not yet serving HTTP but
+    reading the lines (discovery starts now). Raises OSError when the address cannot be
+    listened on."""
     from prometheus_client.gc_collector import GCCollector
     from prometheus_client.platform_collector import PlatformCollector
     from prometheus_client.process_collector import ProcessCollector
@@ -416,6 +459,7 @@ def build_server(
     from . import landing
     from .cache import SnapshotCache
     from .collector import PylontechCollector
+    from .exposition import Exposition
     from .poller import Poller
     from .server import ExporterServer
 
@@ -430,9 +474,17 @@ def build_server(
     try:
         server = ExporterServer(
             address,
-            registry=registry,
+            exposition=Exposition(registry, cache.get),
             landing=lambda: landing.render(
-                config.banks, cache.last, telemetry_path=telemetry_path, simulated=simulated
+                config.banks,
+                cache.last,
+                discovering={b.name for b in poller.banks if b.discovering},
+                telemetry_path=telemetry_path,
+                simulated=simulated,
+            ),
+            ready=lambda: next(
+                (f"bank {b.name} is still being discovered" for b in poller.banks if not b.settled),
+                None,
             ),
             telemetry_path=telemetry_path,
             timeout_offset=timeout_offset,
@@ -442,6 +494,7 @@ def build_server(
     except BaseException:
         poller.close()
         raise
+    poller.start()
     return server, poller
 
 
@@ -453,10 +506,10 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         fail(str(error))
     path = args.web_telemetry_path
-    if not path.startswith("/") or path == "/":
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path) or path.startswith(("/-/", "/docs/")):
         fail(
-            f"--web.telemetry-path {path!r}: must start with / and not be / itself (the "
-            "landing page), e.g. /metrics"
+            f"--web.telemetry-path {path!r}: must be a path such as /metrics (letters, "
+            "digits, . _ ~ - between slashes; not /, /-/... or /docs/...)"
         )
     web_config = load_web(args)
     with open_source(args) as (config, simulated):
@@ -527,77 +580,93 @@ def group_of(address: int) -> int:
     return (address - 2) // 0x10
 
 
-def scan(args: argparse.Namespace) -> int:
+def _ranges(args: argparse.Namespace, groups: list[int]) -> list[tuple[int, int]]:
+    if args.group_given or args.config_file or args.simulate:
+        return [(0x02 + 0x10 * g, 0x12 + 0x10 * g) for g in sorted(set(groups))]
+    return [SCAN_RANGE]
+
+
+def _print_modules(rows: list[tuple[str, int, str, str]]) -> None:
+    """The table of what answered: (port, address, serial number, firmware)."""
+    header = ("port", "address", "group", "module", "serial number", "firmware")
+    table = [header]
+    for port, address, serial_number, firmware in rows:
+        group = group_of(address)
+        position = address - 0x10 * group - 1
+        table.append((port, f"0x{address:02X}", str(group), str(position), serial_number, firmware))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"{len(rows)} module(s) found", file=sys.stderr)
+
+
+def _scan_port(
+    port: str, serial: Any, ranges: list[tuple[int, int]], timeout: float, found: list[Any]
+) -> None:
+    """Probe ``ranges`` on ``port``; each module that answers goes into ``found`` as it
+    answers (what an interruption leaves is listed), its firmware version when all did."""
     from .errors import PylontechError, TransportError
-    from .models import module_position
     from .rs485.client import Pylontech
 
+    tty = sys.stderr.isatty()
+    count = sum(end - start for start, end in ranges)
+    print(
+        f"scanning {port} at {serial.baudrate} baud: {count} addresses, {timeout:g} s each "
+        f"when silent, up to {count * timeout:.0f} s (Ctrl-C stops and lists what was found)",
+        file=sys.stderr,
+    )
+    mine: list[int] = []
+
+    def progress(address: int, serial_number: str | None) -> None:
+        if serial_number is not None:
+            found.append((port, address, serial_number, "?"))
+            mine.append(len(found) - 1)
+            print(
+                ("\r\x1b[K" if tty else "") + f"  0x{address:02X}: found {serial_number}",
+                file=sys.stderr,
+            )
+        elif tty:
+            print(
+                f"\r\x1b[K  0x{address:02X} (group {group_of(address)}) ... {len(mine)} found",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    with Pylontech(
+        port, serial.baudrate, timeout=serial.timeout, command_gap=serial.command_gap
+    ) as client:
+        try:
+            for start, end in ranges:
+                client.scan_for_batteries(start, end, timeout=timeout, progress=progress)
+        except TransportError as error:
+            fail(str(error))
+        finally:
+            if tty:
+                print("\r\x1b[K", end="", file=sys.stderr)
+        for index in mine:
+            address, serial_number = found[index][1], found[index][2]
+            try:
+                version = client.get_software_version(address)
+                firmware = f"{version.mainline_version} ({version.manufacturer_version})"
+            except PylontechError as error:
+                firmware = f"? ({error.reason})"
+            found[index] = (port, address, serial_number, firmware)
+
+
+def scan(args: argparse.Namespace) -> int:
     with open_source(args) as (config, _simulated):
         ports: dict[str, tuple[Any, list[int]]] = {}
         for bank in config.banks:
             ports.setdefault(bank.port, (bank.serial, []))[1].append(bank.group)
-        tty = sys.stderr.isatty()
-        rows = []
-        for port, (serial, groups) in ports.items():
-            if args.group_given or args.config_file or args.simulate:
-                ranges = [(0x02 + 0x10 * g, 0x12 + 0x10 * g) for g in sorted(set(groups))]
-            else:
-                ranges = [SCAN_RANGE]
-            print(
-                f"scanning {port} at {serial.baudrate} baud, {args.scan_timeout:g} s per address",
-                file=sys.stderr,
-            )
-            found_count = 0
-
-            def progress(address: int, serial_number: str | None) -> None:
-                nonlocal found_count
-                if serial_number is not None:
-                    found_count += 1
-                    line = f"  0x{address:02X}: found {serial_number}"
-                    print(("\r\x1b[K" if tty else "") + line, file=sys.stderr)
-                elif tty:
-                    print(
-                        f"\r\x1b[K  0x{address:02X} (group {group_of(address)}) ... "
-                        f"{found_count} found",
-                        end="",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
-            with Pylontech(
-                port, serial.baudrate, timeout=serial.timeout, command_gap=serial.command_gap
-            ) as client:
-                try:
-                    found: dict[int, str] = {}
-                    for start, end in ranges:
-                        found.update(
-                            client.scan_for_batteries(
-                                start, end, timeout=args.scan_timeout, progress=progress
-                            )
-                        )
-                except TransportError as error:
-                    if tty:
-                        print(file=sys.stderr)
-                    fail(str(error))
-                if tty:
-                    print("\r\x1b[K", end="", file=sys.stderr)
-                for address, serial_number in sorted(found.items()):
-                    group = group_of(address)
-                    try:
-                        version = client.get_software_version(address)
-                        firmware = f"{version.mainline_version} ({version.manufacturer_version})"
-                    except PylontechError as error:
-                        firmware = f"? ({error.reason})"
-                    rows.append(
-                        (
-                            port,
-                            address,
-                            group,
-                            module_position(address, group),
-                            serial_number,
-                            firmware,
-                        )
-                    )
+        rows: list[tuple[str, int, str, str]] = []
+        try:
+            for port, (serial, groups) in ports.items():
+                _scan_port(port, serial, _ranges(args, groups), args.scan_timeout, rows)
+        except KeyboardInterrupt:
+            print(f"{PROG} scan: interrupted; found so far:", file=sys.stderr)
+            _print_modules(rows)
+            return EXIT_INTERRUPTED
         if not rows:
             print(
                 "no battery answered: check the wiring (A/B), the baud rate (DIP switch 1) "
@@ -605,12 +674,7 @@ def scan(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        header = ("port", "address", "group", "module", "serial number", "firmware")
-        table = [header] + [(p, f"0x{a:02X}", str(g), str(m), s, f) for p, a, g, m, s, f in rows]
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        print(f"{len(rows)} module(s) found", file=sys.stderr)
+        _print_modules(rows)
         return 0
 
 
@@ -623,8 +687,15 @@ def dump(args: argparse.Namespace) -> int:
 
     with open_source(args) as (config, _simulated):
         poller = Poller(config.banks)
+        deadline = time.monotonic() + args.dump_timeout
         try:
-            snapshot = poller.read(time.monotonic() + args.dump_timeout)
+            # Discovery and the static data first (as an exporter does at start), then
+            # one snapshot like a scrape, all within --dump.timeout.
+            poller.start()
+            learnt = deadline - min(10.0, args.dump_timeout / 2)  # the rest for the read
+            while not all(b.settled for b in poller.banks) and time.monotonic() < learnt:
+                time.sleep(0.05)
+            snapshot = poller.read(deadline)
         finally:
             poller.close()
         print(render_json(snapshot) if args.json else render_table(snapshot))
@@ -635,11 +706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    if args.command == "scan":
-        return scan(args)
-    if args.command == "dump":
-        return dump(args)
-    return serve(args)
+    if args.command is None:
+        return serve(args)
+    try:
+        return scan(args) if args.command == "scan" else dump(args)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import platform
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Callable
@@ -26,10 +25,8 @@ from .errors import FAILURE_REASONS
 from .models import AlarmState, ModuleAlarms, ModuleStatus, Protections, sensor_name
 from .snapshot import BankReading, ModuleReading, Snapshot
 
-#: Deadline (time.monotonic()) of the scrape being served on this thread.
-scrape_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "scrape_deadline", default=None
-)
+#: The snapshot being rendered on this thread (set by the exposition).
+serving: contextvars.ContextVar[Snapshot | None] = contextvars.ContextVar("serving", default=None)
 #: Used when a scrape comes without X-Prometheus-Scrape-Timeout-Seconds.
 DEFAULT_SCRAPE_TIMEOUT = 10.0
 
@@ -89,6 +86,12 @@ class HealthCollector(_Part):
     pylontech_serial_requests_total{bank="0"} 42.0
     # TYPE pylontech_serial_request_failures_total counter
     pylontech_serial_request_failures_total{bank="0",reason="timeout"} 0.0
+    # TYPE pylontech_bank_discovering gauge
+    pylontech_bank_discovering{bank="0"} 0.0
+    # TYPE pylontech_module_read_success gauge
+    pylontech_module_read_success{bank="0",command="alarms",module="1"} 1.0
+    # TYPE pylontech_module_last_read_timestamp_seconds gauge
+    pylontech_module_last_read_timestamp_seconds{bank="0",data="management",module="1"} 1.7e9
     # TYPE pylontech_exporter_build_info gauge
     pylontech_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
     """
@@ -115,10 +118,32 @@ class HealthCollector(_Part):
             "Failed requests by reason (timeout, checksum, frame, return_code, transport)",
             labels=["bank", "reason"],
         )
+        discovering = GaugeMetricFamily(
+            "pylontech_bank_discovering",
+            "1 while the bank's modules are still being discovered (not the same as down)",
+            labels=["bank"],
+        )
+        success = GaugeMetricFamily(
+            "pylontech_module_read_success",
+            "1 when the last attempt to read this part of the module succeeded, else 0",
+            labels=["bank", "module", "command"],
+        )
+        read_at = GaugeMetricFamily(
+            "pylontech_module_last_read_timestamp_seconds",
+            "When the data exported for this part of the module was read (Unix time); "
+            "values and alarms are of this scrape, management and static data older",
+            labels=["bank", "module", "data"],
+        )
         for bank in snapshot.banks:
             up.add_metric([bank.name], 1.0 if bank.up else 0.0)
+            discovering.add_metric([bank.name], 1.0 if bank.discovering else 0.0)
             for module in bank.modules:
-                module_up.add_metric(_labels(bank, module), 1.0 if module.up else 0.0)
+                labels = _labels(bank, module)
+                module_up.add_metric(labels, 1.0 if module.up else 0.0)
+                for command, ok in sorted(module.success.items()):
+                    success.add_metric([*labels, command], 1.0 if ok else 0.0)
+                for data, when in sorted(module.read_at.items()):
+                    read_at.add_metric([*labels, data], when)
             duration.add_metric([bank.name], bank.duration)
             requests.add_metric([bank.name], bank.requests)
             for reason in sorted(set(FAILURE_REASONS) | set(bank.failures)):
@@ -129,7 +154,7 @@ class HealthCollector(_Part):
             labels=["version", "python_version"],
         )
         build.add_metric([__version__, platform.python_version()], 1.0)
-        return [up, module_up, duration, requests, failures, build]
+        return [up, module_up, discovering, success, read_at, duration, requests, failures, build]
 
 
 class ReadingsCollector(_Part):
@@ -303,7 +328,13 @@ class ManagementCollector(_Part):
     """
 
     def families(self, snapshot: Snapshot) -> Iterable[Metric]:
-        h = self.reading_help
+        def h(text: str) -> str:
+            return (
+                f"{text} (read as the scrape's time allows and every 30 s between scrapes; "
+                "exported while younger than 60 s, read time in "
+                "pylontech_module_last_read_timestamp_seconds)"
+            )
+
         bm = ["bank", "module"]
         charge_v = GaugeMetricFamily(
             "pylontech_module_charge_voltage_limit_volts",
@@ -450,27 +481,15 @@ class InfoCollector(_Part):
 
 
 class PylontechCollector(Collector):
-    """Every family of docs/metrics.md, from a snapshot fetched at each scrape.
+    """Every family of docs/metrics.md, from the snapshot being served.
 
-    ``get_snapshot(deadline)`` is the snapshot cache; the deadline comes from
-    :data:`scrape_deadline` (set by the HTTP handler from Prometheus' scrape-timeout
-    header) or defaults to :data:`DEFAULT_SCRAPE_TIMEOUT` from now.
+    The exposition sets :data:`serving` to the snapshot it renders; without it (a plain
+    ``generate_latest`` of the registry) ``get_snapshot(deadline)`` is asked, with the
+    deadline :data:`DEFAULT_SCRAPE_TIMEOUT` from now.
     """
 
     def __init__(self, get_snapshot: Callable[[float], Snapshot], ttl: float) -> None:
         self._get_snapshot = get_snapshot
-        #: The families of the snapshot being served: concurrent scrapes of one snapshot
-        #: (waiting for one bus read together, or served from the cache) share them
-        #: instead of each building its own (4 x 16 modules: 12k samples, 7 ms, some
-        #: MB). Dropped when the last of them is done, not to hold the memory between
-        #: scrapes.
-        self._shared: tuple[Snapshot, list[Metric]] | None = None
-        self._sharing = threading.Lock()
-        self._users = 0
-        #: Held while the encoder turns this collector's families into text, so that
-        #: concurrent scrapes of one snapshot finish one after the other instead of all
-        #: at the end, each holding its half-built text meanwhile.
-        self._encoding = threading.Lock()
         self.parts: list[_Part] = [
             HealthCollector(ttl),
             ReadingsCollector(ttl),
@@ -487,26 +506,8 @@ class PylontechCollector(Collector):
             yield from part.families(empty)
 
     def collect(self) -> Iterable[Metric]:
-        deadline = scrape_deadline.get()
-        if deadline is None:
-            deadline = time.monotonic() + DEFAULT_SCRAPE_TIMEOUT
-        snapshot = self._get_snapshot(deadline)
-        with self._sharing:
-            shared = self._shared
-            if shared is None or shared[0] is not snapshot:
-                families = [f for part in self.parts for f in part.families(snapshot)]
-                shared = self._shared = (snapshot, families)
-            self._users += 1
-        try:
-            # Past the deadline, render alongside the others rather than not at all.
-            locked = self._encoding.acquire(timeout=max(0.0, deadline - time.monotonic()))
-            try:
-                yield from shared[1]
-            finally:
-                if locked:
-                    self._encoding.release()
-        finally:
-            with self._sharing:
-                self._users -= 1
-                if not self._users:
-                    self._shared = None
+        snapshot = serving.get()
+        if snapshot is None:
+            snapshot = self._get_snapshot(time.monotonic() + DEFAULT_SCRAPE_TIMEOUT)
+        for part in self.parts:
+            yield from part.families(snapshot)

@@ -23,22 +23,33 @@ from __future__ import annotations
 import errno
 import math
 import os
+import socket
 import stat
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import yaml
-
+from .errors import ConfigError
 from .models import MAX_MODULES_PER_GROUP
+from .yamlfile import read_yaml
 
 DEFAULT_BAUDRATE = 115200
 DEFAULT_TIMEOUT = 1.0
 DEFAULT_COMMAND_GAP = 0.0
 BANK_QUERY_MODES = ("auto", "on", "off")
+#: What a serial line can be asked: pyserial's own limit on Linux is 4 Mbaud.
+MAX_BAUDRATE = 4_000_000
+#: Longer waits are a typo, not a setting: a scrape would never end in time.
+MAX_TIMEOUT = 60.0
+MAX_COMMAND_GAP = 10.0
+#: The URL schemes a port may have (a path has none).
+URL_SCHEMES = ("socket", "rfc2217")
 
 
-class ConfigError(ValueError):
-    """Configuration that cannot work. ``str()`` is one line that says what to fix."""
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut to a readable length (a value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -86,28 +97,26 @@ class Config:
 def check_group(value: Any, where: str = "group") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 7:
         raise ConfigError(
-            f"{where}: must be an integer 0..7 (DIP switches 2-4 of the master), got {value!r}"
+            f"{where}: must be an integer 0..7 (DIP switches 2-4 of the master), got {shown(value)}"
         )
     return value
 
 
 def check_baudrate(value: Any, where: str = "baudrate") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BAUDRATE:
         raise ConfigError(
-            f"{where}: must be a positive integer such as 115200 (DIP switch 1 off) "
-            f"or 9600 (on), got {value!r}"
+            f"{where}: must be a baud rate such as 115200 (DIP switch 1 off) "
+            f"or 9600 (on), got {shown(value)}"
         )
     return value
 
 
-def check_seconds(value: Any, where: str, *, allow_zero: bool) -> float:
+def check_seconds(value: Any, where: str, *, allow_zero: bool, maximum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: must be a number of seconds, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}: must be a finite number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        limit = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{where}: must be {limit} seconds, got {value!r}")
+        raise ConfigError(f"{where}: must be a number of seconds, got {shown(value)}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > maximum:
+        low = "0" if allow_zero else "more than 0"
+        raise ConfigError(f"{where}: must be {low} to {maximum:g} seconds, got {shown(value)}")
     return float(value)
 
 
@@ -115,7 +124,7 @@ def check_port(value: Any, where: str = "port") -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
             f"{where}: must be a device path or pyserial URL such as /dev/ttyUSB0 "
-            f"or socket://10.0.0.7:8899, got {value!r}"
+            f"or socket://10.0.0.7:8899, got {shown(value)}"
         )
     return value.strip()
 
@@ -130,7 +139,7 @@ def _check_modules(value: Any, where: str) -> int | None:
     ):
         raise ConfigError(
             f"{where}: must be an integer 1..{MAX_MODULES_PER_GROUP} or left out "
-            f"to discover the modules, got {value!r}"
+            f"to discover the modules, got {shown(value)}"
         )
     return value
 
@@ -142,13 +151,13 @@ def _check_bank_query(value: Any, where: str) -> str:
     if value is False:
         return "off"
     if value not in BANK_QUERY_MODES:
-        raise ConfigError(f"{where}: must be one of auto, on, off, got {value!r}")
+        raise ConfigError(f"{where}: must be one of auto, on, off, got {shown(value)}")
     return str(value)
 
 
 def _check_name(value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{where}: must be a non-empty string, got {shown(value)}")
     return str(value).strip()
 
 
@@ -200,34 +209,28 @@ def banks_from_flags(
     baudrate: int = DEFAULT_BAUDRATE,
     timeout: float = DEFAULT_TIMEOUT,
     command_gap: float = DEFAULT_COMMAND_GAP,
+    modules: int | None = None,
 ) -> Config:
-    """The banks ``--serial.port`` and ``--group`` describe: one per group, named by it."""
+    """The banks ``--serial.port`` and ``--group`` describe: one per group, named by it,
+    each with ``modules`` modules (None: discover)."""
     serial = SerialSettings(
         port=check_port(port, "--serial.port"),
         baudrate=check_baudrate(baudrate, "--serial.baudrate"),
-        timeout=check_seconds(timeout, "--serial.timeout", allow_zero=False),
-        command_gap=check_seconds(command_gap, "--serial.command-gap", allow_zero=True),
+        timeout=check_seconds(timeout, "--serial.timeout", allow_zero=False, maximum=MAX_TIMEOUT),
+        command_gap=check_seconds(
+            command_gap, "--serial.command-gap", allow_zero=True, maximum=MAX_COMMAND_GAP
+        ),
     )
     banks = [
-        BankConfig(name=str(g), serial=serial, group=check_group(g, "--group"))
+        BankConfig(
+            name=str(g),
+            serial=serial,
+            group=check_group(g, "--group"),
+            modules=_check_modules(modules, "--modules"),
+        )
         for g in dict.fromkeys(groups)
     ]
     return Config(banks=check_banks(banks, "command line"))
-
-
-def read_yaml(path: str, what: str) -> Any:
-    """The YAML document in ``path``; ConfigError (one line, with the line number of a
-    syntax error) when it cannot be read or parsed."""
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return yaml.safe_load(stream)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read {what}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
 
 
 def load_config(
@@ -277,10 +280,16 @@ def parse_config(
             port=check_port(entry["port"], f"{where}.port"),
             baudrate=check_baudrate(entry.get("baudrate", baudrate), f"{where}.baudrate"),
             timeout=check_seconds(
-                entry.get("timeout", timeout), f"{where}.timeout", allow_zero=False
+                entry.get("timeout", timeout),
+                f"{where}.timeout",
+                allow_zero=False,
+                maximum=MAX_TIMEOUT,
             ),
             command_gap=check_seconds(
-                entry.get("command_gap", command_gap), f"{where}.command_gap", allow_zero=True
+                entry.get("command_gap", command_gap),
+                f"{where}.command_gap",
+                allow_zero=True,
+                maximum=MAX_COMMAND_GAP,
             ),
         )
         banks.append(
@@ -303,6 +312,50 @@ def parse_config(
 def is_device_path(port: str) -> bool:
     """True for a local device (``/dev/ttyUSB0``, ``COM3``), False for a pyserial URL."""
     return "://" not in port
+
+
+def canonical_port(port: str) -> str:
+    """The port as the system sees it, to tell two spellings of one port apart from two
+    ports: a device path with its symlinks resolved, a URL with its host resolved.
+    ConfigError for a URL scheme pyserial is not given here, or a host that does not
+    resolve."""
+    if is_device_path(port):
+        return os.path.realpath(port)
+    url = urlsplit(port)
+    if url.scheme not in URL_SCHEMES:
+        raise ConfigError(
+            f"port {port}: unknown URL scheme {url.scheme!r}; use a device path, "
+            "socket://HOST:PORT or rfc2217://HOST:PORT"
+        )
+    try:
+        number = url.port
+    except ValueError:
+        number = None
+    if not url.hostname or number is None:
+        raise ConfigError(f"port {port}: expected {url.scheme}://HOST:PORT")
+    try:
+        found = socket.getaddrinfo(url.hostname, number, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise ConfigError(
+            f"port {port}: host {url.hostname!r} does not resolve ({error})"
+        ) from None
+    return f"{url.scheme}://{found[0][4][0]}:{number}"
+
+
+def check_ports(banks: list[BankConfig]) -> None:
+    """Every port is usable and named once: a URL resolves, a local device exists and is
+    free (opened and closed once), and no two spellings name the same port (a symlink and
+    its target, ``localhost`` and ``127.0.0.1``): they would be two masters on one bus."""
+    seen: dict[str, str] = {}
+    for port in dict.fromkeys(b.port for b in banks):
+        canonical = canonical_port(port)
+        if canonical in seen:
+            raise ConfigError(
+                f"ports {seen[canonical]} and {port} are the same port ({canonical}); "
+                "write it the same way for every bank on it"
+            )
+        seen[canonical] = port
+        check_port_available(port)
 
 
 def check_port_available(port: str) -> None:

@@ -35,11 +35,33 @@ class Deadline:
         with self._lock:
             self._when = min(self._when, self._clock())
 
+    def before(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` earlier than this one, that moves with it (and is cut
+        with it): for the work whose result must be handed on by this one."""
+        return _Earlier(self, seconds)
+
     def remaining(self) -> float:
-        return self._when - self._clock()
+        return self.when - self._clock()
 
     def passed(self) -> bool:
-        return self._clock() >= self._when
+        return self._clock() >= self.when
 
     def __repr__(self) -> str:
         return f"Deadline(in {self.remaining():.3f} s)"
+
+
+class _Earlier(Deadline):
+    def __init__(self, base: Deadline, seconds: float) -> None:
+        super().__init__(base.when - seconds, base._clock)
+        self._base = base
+        self._seconds = seconds
+
+    @property
+    def when(self) -> float:
+        return self._base.when - self._seconds
+
+    def extend(self, when: float) -> None:
+        self._base.extend(when + self._seconds)
+
+    def cut(self) -> None:
+        self._base.cut()

@@ -96,6 +96,11 @@ class ListenOnlyError(PylontechError):
     reason = "refused"
 
 
+class ConfigError(ValueError):
+    """Configuration that cannot work (a file, a flag). ``str()`` is one line that says
+    what to fix."""
+
+
 #: What can go wrong with a request on the bus; their reasons label the failure counter,
 #: which exports each of them from the start, at 0.
 BUS_FAILURES: tuple[type[PylontechError], ...] = (

@@ -1,50 +1,41 @@
 """Every configured bank, read once: the snapshot behind a scrape.
 
 Banks are grouped by port into *lines*; a line is read by the source its banks name
-(:data:`SOURCES`), and different lines are read in parallel, one thread each. Every read
-is bounded by the scrape's deadline: what was not read in time is reported as not read,
-never filled in from an older snapshot.
+(:data:`SOURCES`) on a thread of its own (:class:`~pylontech_exporter.worker.LineWorker`),
+which also does the source's background work (discovery, static data) from the start.
+Lines are read in parallel. A read ends at the scrape's deadline: a line not done by then
+is reported as not read, never filled in from an older snapshot.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Callable
 
 from .bank import REDISCOVER_SECONDS, STATIC_REFRESH_SECONDS, Bank
 from .config import BankConfig
-from .logging_setup import kv
-from .rs485.reader import Rs485Line
+from .deadline import Deadline
+from .rs485.reader import Rs485Source
 from .snapshot import BankReading, Snapshot
+from .worker import LineWorker, Source
 
 log = logging.getLogger(__name__)
 
-
-class Line(Protocol):
-    """The banks of one port and the source that reads them."""
-
-    banks: list[Bank]
-
-    def read(self, deadline: float) -> list[BankReading]: ...
-    def close(self) -> None: ...
-
-
 #: How each protocol reads a line: a source is one folder and one entry here.
-SOURCES: dict[str, Callable[[list[Bank]], Line]] = {
-    "rs485": Rs485Line,
+SOURCES: dict[str, Callable[[list[Bank]], Source]] = {
+    "rs485": Rs485Source,
 }
 
 
 class Poller:
-    """Reads every configured bank: one line per port, lines in parallel."""
+    """Reads every configured bank: one worker per port, ports in parallel."""
 
     def __init__(
         self,
         banks: list[BankConfig],
         *,
-        sources: dict[str, Callable[[list[Bank]], Line]] | None = None,
+        sources: dict[str, Callable[[list[Bank]], Source]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         static_refresh: float = STATIC_REFRESH_SECONDS,
         rediscover: float = REDISCOVER_SECONDS,
@@ -58,14 +49,18 @@ class Poller:
         by_port: dict[str, list[Bank]] = {}
         for bank in self.banks:
             by_port.setdefault(bank.config.port, []).append(bank)
-        self.lines: list[Line] = [
-            sources[members[0].config.serial.protocol](members) for members in by_port.values()
+        self.lines = [
+            LineWorker(port, sources[members[0].config.serial.protocol](members))
+            for port, members in by_port.items()
         ]
-        self._executor = (
-            ThreadPoolExecutor(max_workers=len(self.lines), thread_name_prefix="bus")
-            if len(self.lines) > 1
-            else None
-        )
+        self._started = False
+
+    def start(self) -> None:
+        """Start the lines' workers: background work begins now, not at the first scrape."""
+        if not self._started:
+            self._started = True
+            for line in self.lines:
+                line.start()
 
     def unread(self, error: str) -> Snapshot:
         """A snapshot in which nothing was read (every bank and known module down)."""
@@ -73,40 +68,32 @@ class Poller:
             banks=[b.unread(error) for b in self.banks],
             taken_at=time.time(),
             finished=self._clock(),
+            budget=0.0,
         )
 
-    def read(self, deadline: float) -> Snapshot:
-        """Read every bank, bounded by ``deadline`` (time.monotonic())."""
+    def read(self, deadline: Deadline | float) -> Snapshot:
+        """Read every bank, bounded by ``deadline`` (a Deadline or time.monotonic())."""
+        if not isinstance(deadline, Deadline):
+            deadline = Deadline(deadline, self._clock)
+        self.start()
         start = self._clock()
         results: dict[str, BankReading] = {}
-        if self._executor is None:
-            for reading in self.lines[0].read(deadline):
+        # Every line gets the request at once; each answer is awaited until the deadline.
+        waits = [(line, line.submit(deadline)) for line in self.lines]
+        for line, wait in waits:
+            readings = wait()
+            if readings is None:
+                readings = [b.unread("the read did not finish by the deadline") for b in line.banks]
+            for reading in readings:
                 results[reading.name] = reading
-        else:
-            futures: list[tuple[Line, Future[list[BankReading]]]] = [
-                (line, self._executor.submit(line.read, deadline)) for line in self.lines
-            ]
-            for line, future in futures:
-                try:
-                    # The client honours the deadline; the grace covers one blocked write.
-                    readings = future.result(timeout=max(0.0, deadline - self._clock()) + 2.5)
-                except Exception as error:
-                    log.error("port read did not finish", extra=kv(err=str(error)))
-                    readings = [b.unread("the read did not finish in time") for b in line.banks]
-                for reading in readings:
-                    results[reading.name] = reading
         return Snapshot(
             banks=[results[b.name] for b in self.banks],
             taken_at=time.time(),
             finished=self._clock(),
             duration=self._clock() - start,
+            budget=deadline.when - start,
         )
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
         for line in self.lines:
-            try:
-                line.close()
-            except Exception:  # pragma: no cover - closing is best effort
-                log.debug("closing a line failed", exc_info=True)
+            line.stop()

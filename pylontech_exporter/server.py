@@ -15,7 +15,6 @@ banks come from the configuration only.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import logging
 import math
@@ -29,10 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
-
-from .collector import DEFAULT_SCRAPE_TIMEOUT, scrape_deadline
+from .collector import DEFAULT_SCRAPE_TIMEOUT
+from .exposition import Exposition
 from .logging_setup import kv
 from .webconfig import WebConfig, allowed_san
 
@@ -47,6 +44,8 @@ IDLE_TIMEOUT = 60.0
 #: Seconds one send to a client may block (a client that does not read).
 WRITE_TIMEOUT = 30.0
 ALLOWED_METHODS = ("GET", "HEAD")
+HEALTHY_PATH = "/-/healthy"
+READY_PATH = "/-/ready"
 #: Largest scrape timeout taken from the header (seconds); larger values are capped.
 MAX_SCRAPE_TIMEOUT = 300.0
 
@@ -120,10 +119,11 @@ class ExporterServer(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         *,
-        registry: CollectorRegistry,
+        exposition: Exposition,
         landing: Callable[[], str],
+        ready: Callable[[], str | None] = lambda: None,
         telemetry_path: str = "/metrics",
-        timeout_offset: float = 0.5,
+        timeout_offset: float | None = None,
         web_config: WebConfig | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
@@ -138,9 +138,12 @@ class ExporterServer(ThreadingHTTPServer):
         else:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             self.address_family = info[0][0]
-        self.registry = registry
+        self.exposition = exposition
         self.landing = landing
+        #: None when ready to serve, else why not (e.g. "discovering the modules").
+        self.ready = ready
         self.telemetry_path = telemetry_path
+        #: Seconds to finish before Prometheus' timeout; None: the measured render time.
         self.timeout_offset = timeout_offset
         self.web_config = web_config or WebConfig()
         self.ssl_context = self.web_config.ssl_context()
@@ -313,13 +316,15 @@ class Handler(BaseHTTPRequestHandler):
                 ("WWW-Authenticate", 'Basic realm="pylontech-exporter", charset="UTF-8"'),
             ]
             content = b"401 unauthorized\n"
-        elif url.path in (self.server.telemetry_path, "/"):
+        elif url.path in (self.server.telemetry_path, "/", HEALTHY_PATH, READY_PATH):
             try:
                 if url.path == self.server.telemetry_path:
                     status, headers, content = self._metrics(parse_qs(url.query))
-                else:
+                elif url.path == "/":
                     content = self.server.landing().encode("utf-8")
                     status, headers = 200, [("Content-Type", "text/html; charset=utf-8")]
+                else:
+                    status, headers, content = self._probe(url.path)
             except Exception:  # a bug: say so, to the log and to the client
                 log.exception(
                     "serving %s failed", url.path, extra=kv(client=self.client_address[0])
@@ -341,21 +346,30 @@ class Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(content)
 
+    def _probe(self, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """``/-/healthy`` (the process serves) and ``/-/ready`` (every bank's modules are
+        known), as Prometheus itself has them; neither touches the bus."""
+        headers = [("Content-Type", "text/plain; charset=utf-8")]
+        if path == HEALTHY_PATH:
+            return 200, headers, b"Healthy.\n"
+        waiting = self.server.ready()
+        if waiting is None:
+            return 200, headers, b"Ready.\n"
+        return 503, headers, f"Not ready: {waiting}.\n".encode()
+
     def _metrics(self, params: dict[str, list[str]]) -> tuple[int, list[tuple[str, str]], bytes]:
         start = time.monotonic()
-        budget = scrape_budget(self.headers.get(SCRAPE_TIMEOUT_HEADER), self.server.timeout_offset)
-        token = scrape_deadline.set(start + budget)
-        try:
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            registry: Any = self.server.registry
-            if "name[]" in params:
-                registry = registry.restricted_registry(params["name[]"])
-            output = encoder(registry)
-        finally:
-            scrape_deadline.reset(token)
+        server = self.server
+        offset = server.timeout_offset
+        if offset is None:
+            offset = server.exposition.offset()
+        budget = scrape_budget(self.headers.get(SCRAPE_TIMEOUT_HEADER), offset)
+        gzipped = accepts_gzip(self.headers.get("Accept-Encoding"))
+        output, content_type = server.exposition.body(
+            start + budget, self.headers.get("Accept", ""), gzipped, params.get("name[]")
+        )
         headers = [("Content-Type", content_type)]
-        if accepts_gzip(self.headers.get("Accept-Encoding")):
-            output = gzip.compress(output)
+        if gzipped:
             headers.append(("Content-Encoding", "gzip"))
         log.debug(
             "scrape served",

@@ -7,6 +7,7 @@ only, never on how a source reads its line.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .models import (
@@ -32,6 +33,11 @@ class ModuleReading:
     serial_number: str | None = None
     software_version: str | None = None
     parameters: SystemParameters | None = None
+    #: Per part ("values", "alarms", "management", "static"): when (``time.time()``) the
+    #: data exported for it was read. Values and alarms are always of this scrape.
+    read_at: dict[str, float] = field(default_factory=dict)
+    #: Per command name: did the last attempt succeed?
+    success: dict[str, bool] = field(default_factory=dict)
 
     @property
     def up(self) -> bool:
@@ -56,7 +62,11 @@ class BankReading:
     complete: bool = True
     #: Whether the bank-wide query served the analog values this time.
     bank_query: bool = False
+    #: Whether the modules are still being discovered (not the same as down).
+    discovering: bool = False
     error: str | None = None
+    #: What to change when the read cannot fit (e.g. the scrape timeout it needs).
+    hint: str | None = None
 
     @property
     def up(self) -> bool:
@@ -73,6 +83,8 @@ class Snapshot:
     #: time.monotonic() when the read finished, for the cache's TTL.
     finished: float = 0.0
     duration: float = 0.0
+    #: Seconds the read was allowed (its deadline minus its start).
+    budget: float = math.inf
 
     @property
     def complete(self) -> bool:

@@ -156,7 +156,7 @@ class SerialTransport:
         self.open(deadline)
         assert self._serial is not None
         try:
-            if self._abandoned or self._serial.in_waiting:
+            if self._abandoned:
                 self._drain(deadline)
             pause = self._last_activity + self.command_gap - time.monotonic()
             if pause > 0:
@@ -174,10 +174,13 @@ class SerialTransport:
         self._last_activity = time.monotonic()
 
     def _drain(self, deadline: Deadline | None) -> None:
-        """Read and drop bytes until the line has been quiet for :attr:`quiet_gap`."""
+        """Read and drop bytes until the line has been quiet for :attr:`quiet_gap`, for as
+        long as the longest frame takes at most: a line that never goes quiet is another
+        master's, and waiting would not help."""
         assert self._serial is not None
+        give_up = time.monotonic() + self.quiet_gap + self.longest_frame_seconds
         quiet_until = time.monotonic() + self.quiet_gap
-        while (now := time.monotonic()) < quiet_until:
+        while (now := time.monotonic()) < min(quiet_until, give_up):
             if deadline is not None and deadline.passed():
                 raise DeadlinePassed("the line did not go quiet in time")
             self._serial.timeout = quiet_until - now

@@ -7,8 +7,10 @@ import threading
 import time
 
 import pytest
+from support.waiting import wait_for
 
 from pylontech_exporter.cache import SnapshotCache
+from pylontech_exporter.deadline import Deadline
 from pylontech_exporter.snapshot import BankReading, Snapshot
 
 
@@ -75,57 +77,83 @@ def test_cache_survives_a_failing_read():
 
 
 def test_cache_clears_the_flight_when_read_and_unread_both_fail():
-    def read(deadline: float) -> Snapshot:
+    def read(deadline: Deadline) -> Snapshot:
         raise RuntimeError("read bug")
 
     def unread(error: str) -> Snapshot:
         raise RuntimeError("unread bug")
 
     cache = SnapshotCache(read, unread, ttl=0)
-    with pytest.raises(RuntimeError):
-        cache.get(time.monotonic() + 5)
-    # A later scrape starts its own read instead of waiting out its deadline.
-    started = time.monotonic()
-    with pytest.raises(RuntimeError):
-        cache.get(time.monotonic() + 5)
-    assert time.monotonic() - started < 1 and cache.reads == 2
+    for _ in range(2):  # the second starts its own read instead of waiting out a flight
+        with pytest.raises(RuntimeError, match="unread bug"):
+            cache.get(time.monotonic() + 5)
+    assert cache.reads == 2
 
 
-def test_cache_waiters_are_woken_when_the_leader_fails():
-    entered = threading.Event()
-    release = threading.Event()
+def test_cache_waiters_are_woken_when_the_read_fails():
+    entered, release = threading.Event(), threading.Event()
 
-    def read(deadline: float) -> Snapshot:
+    def read(deadline: Deadline) -> Snapshot:
         entered.set()
         release.wait(5)
         raise RuntimeError("read bug")
 
-    def unread(error: str) -> Snapshot:
-        if error.startswith("internal error"):
-            raise RuntimeError("unread bug")
-        return Snapshot(banks=[], finished=time.monotonic())
-
-    cache = SnapshotCache(read, unread, ttl=0)
-    failures, waited = [], []
-
-    def lead() -> None:
-        try:
-            cache.get(time.monotonic() + 5)
-        except RuntimeError as error:
-            failures.append(error)
-
-    def wait() -> None:
-        start = time.monotonic()
-        cache.get(start + 5)
-        waited.append(time.monotonic() - start)
-
-    leader = threading.Thread(target=lead)
-    leader.start()
+    cache = SnapshotCache(read, lambda error: _snapshot(f"unread: {error}"), ttl=0)
+    results: list[Snapshot] = []
+    first = threading.Thread(target=lambda: results.append(cache.get(time.monotonic() + 30)))
+    first.start()
     assert entered.wait(5)
-    waiter = threading.Thread(target=wait)
-    waiter.start()
-    time.sleep(0.05)
+    second = threading.Thread(target=lambda: results.append(cache.get(time.monotonic() + 30)))
+    second.start()
     release.set()
-    leader.join(5)
-    waiter.join(6)
-    assert failures and waited and waited[0] < 1
+    first.join(10)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive()  # not after their 30 s
+    assert [r.banks[0].name for r in results] == ["unread: internal error: read bug"] * 2
+
+
+def test_a_scraper_joining_a_read_moves_its_deadline_to_its_own():
+    """The read a 0.1 s scraper started gets the 30 s of the one that joins it."""
+    seen: list[Deadline] = []
+    joined, release = threading.Event(), threading.Event()
+
+    def read(deadline: Deadline) -> Snapshot:
+        seen.append(deadline)
+        joined.wait(5)
+        release.wait(5)
+        return _snapshot("read")
+
+    cache = SnapshotCache(read, lambda error: _snapshot(f"unread: {error}"), ttl=0)
+    now = time.monotonic()
+    hurried = threading.Thread(target=lambda: cache.get(now + 0.1))
+    hurried.start()
+    assert wait_for(lambda: seen)
+    patient: list[Snapshot] = []
+    waiter = threading.Thread(target=lambda: patient.append(cache.get(now + 30)))
+    waiter.start()
+    assert wait_for(lambda: seen[0].when == now + 30)
+    joined.set()
+    release.set()
+    waiter.join(10)
+    hurried.join(10)
+    assert patient[0].banks[0].name == "read" and cache.reads == 1
+
+
+def test_a_read_cut_short_by_a_short_budget_is_not_served_to_a_longer_one():
+    """An attacker's header of 0.000001 s must not decide what Prometheus gets."""
+    budgets: list[float] = []
+    now = [100.0]
+
+    def read(deadline: Deadline) -> Snapshot:
+        budget = deadline.when - now[0]
+        budgets.append(budget)
+        bank = BankReading(name="0", group=0, port="p", complete=budget >= 1)
+        return Snapshot(banks=[bank], finished=now[0], budget=budget)
+
+    cache = SnapshotCache(read, lambda e: _snapshot(e), ttl=5, clock=lambda: now[0])
+    short = cache.get(now[0] + 0.000001)
+    assert not short.complete
+    assert cache.get(now[0] + 0.000001) is short  # as short a budget: the same
+    full = cache.get(now[0] + 9.5)  # Prometheus with 10 s: reads again
+    assert full.complete and budgets == pytest.approx([0.000001, 9.5])
+    assert cache.get(now[0] + 0.000001) is full  # a complete snapshot serves everybody

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
 
 import pytest
 import serial
 from support.metrics import expected_readings, key, select
-from support.processes import Exporter, clean_env, run_cli
+from support.processes import Exporter, clean_env, exporter_command, run_cli
 from support.stacks import frozen_stack
 
 from pylontech_exporter import __version__
@@ -27,6 +29,7 @@ FLAGS = [
     (None, ["--serial.timeout", "0.25"], "serial_timeout", 0.25, "0.25"),
     (None, ["--serial.command-gap", "0.1"], "serial_command_gap", 0.1, "0.1"),
     (None, ["--group", "3", "--group", "5"], "group", [3, 5], "3,5"),
+    (None, ["--modules", "4"], "modules", 4, "4"),
     (None, ["--config.file", "b.yml"], "config_file", "b.yml", "b.yml"),
     (None, ["--simulate"], "simulate", True, "true"),
     (None, ["--simulate.modules", "5"], "simulate_modules", 5, "5"),
@@ -51,7 +54,8 @@ DEFAULTS = {
     "web_listen_address": ":10460",
     "web_telemetry_path": "/metrics",
     "cache_ttl": 5.0,
-    "scrape_timeout_offset": 0.5,
+    "scrape_timeout_offset": None,  # measured
+    "modules": None,  # discover
     "log_level": "info",
     "log_format": "logfmt",
     "simulate": False,
@@ -104,9 +108,9 @@ def test_bad_environment_value_names_the_variable(capsys):
         (["--group", "8"], "--group: expected a group number 0..7"),
         (["--serial.timeout", "0"], "--serial.timeout: expected a positive number"),
         (["--log.format", "xml"], "--log.format: expected one of logfmt, json"),
-        (["--cache.ttl", "-1"], "--cache.ttl: expected a number of seconds >= 0"),
-        (["--cache.ttl", "inf"], "--cache.ttl: expected a number of seconds >= 0"),
-        (["--cache.ttl", "nan"], "--cache.ttl: expected a number of seconds >= 0"),
+        (["--cache.ttl", "-1"], "--cache.ttl: expected a number of seconds 0..3600"),
+        (["--cache.ttl", "inf"], "--cache.ttl: expected a number of seconds 0..3600"),
+        (["--cache.ttl", "nan"], "--cache.ttl: expected a number of seconds 0..3600"),
         (["--serial.timeout", "inf"], "--serial.timeout: expected a positive number"),
         (["--serial.timeout", "nan"], "--serial.timeout: expected a positive number"),
         (["--serial.command-gap", "inf"], "--serial.command-gap: expected a number"),
@@ -177,7 +181,7 @@ def test_config_check_ok_with_env_and_flag_precedence():
         ("banks:\n  - port: socket://h:1\n    baud: 9600\n", "unknown key 'baud'"),
         ("banks:\n  - port: socket://h:1\n    group: one\n", "group: must be an integer 0..7"),
         ("banks:\n  - port: socket://h:1\n    group: 8\n", "group: must be an integer 0..7"),
-        ("banks:\n  - port: socket://h:1\n    baudrate: 0\n", "baudrate: must be a positive"),
+        ("banks:\n  - port: socket://h:1\n    baudrate: 0\n", "baudrate: must be a baud rate"),
         ("banks:\n  - port: /dev/ttyNOPE42\n", "serial port /dev/ttyNOPE42 does not exist"),
         ("banks: [\n", "not valid YAML"),
     ],
@@ -409,3 +413,77 @@ def test_default_scan_range_covers_every_group_and_position():
         for position in range(1, 17):
             assert module_address(group, position) in addresses
     assert 0 not in addresses and 0x82 not in addresses
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--serial.baudrate", "99999999999"], "--serial.baudrate: must be a baud rate"),
+        (["--serial.command-gap", "1e300"], "--serial.command-gap: must be 0 to 10 seconds"),
+        (["--serial.timeout", "600"], "--serial.timeout: must be more than 0 to 60 seconds"),
+        (["--serial.port", "tcp://127.0.0.1:1"], "unknown URL scheme 'tcp'"),
+        (["--serial.port", "socket://nohost.invalid:1"], "'nohost.invalid' does not resolve"),
+        (["--serial.port", "socket://127.0.0.1"], "expected socket://HOST:PORT"),
+        (["--web.telemetry-path", "/metrics?x"], "--web.telemetry-path '/metrics?x'"),
+        (["--web.telemetry-path", "/-/ready"], "--web.telemetry-path '/-/ready'"),
+        (["--simulate", "--simulate.modules", "17"], "expected a module count 1..16"),
+        (["--modules", "17"], "expected a module count 1..16"),
+        (["--config.file", "x.yml", "--modules", "3"], "--modules applies to --serial.port"),
+    ],
+)
+def test_values_out_of_range_exit_2_with_one_line(argv, message):
+    if "--serial.port" not in argv and "--simulate" not in argv and "--config.file" not in argv:
+        argv = ["--serial.port", "socket://127.0.0.1:1", *argv]
+    result = run_cli(*argv, "--config.check")
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_one_port_under_two_names_is_refused(tmp_path):
+    link = tmp_path / "ttyPylontech"
+    link.symlink_to("/dev/null")
+    config = tmp_path / "banks.yml"
+    config.write_text(
+        "banks:\n"
+        "  - {name: a, port: 'socket://127.0.0.1:8899'}\n"
+        "  - {name: b, port: 'socket://localhost:8899', group: 1}\n"
+    )
+    result = run_cli("--config.file", str(config), "--config.check")
+    assert result.returncode == 2
+    assert "are the same port (socket://127.0.0.1:8899)" in result.stderr
+
+
+def test_the_command_may_come_after_the_flags():
+    for argv in (
+        ["scan", "--serial.port", "socket://h:1"],
+        ["--serial.port", "socket://h:1", "scan"],
+        ["--log.level", "debug", "scan", "--scan.timeout", "0.1"],
+    ):
+        assert parse_args(argv, environ={}).command == "scan", argv
+    # A flag's value that happens to be a command's name is a value.
+    assert parse_args(["--serial.port", "dump"], environ={}).command is None
+
+
+def test_ctrl_c_ends_a_scan_cleanly_with_what_was_found(stack):
+    stack.freeze()
+    with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
+        process = subprocess.Popen(
+            [*exporter_command("scan", "--serial.port", tcp.url, "--scan.timeout", "0.3")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        assert process.stderr is not None
+        found = 0
+        for line in process.stderr:  # the announcement, then one line per module found
+            assert "up to 38 s" in line or ": found " in line, line
+            found += ": found " in line
+            if found == len(stack.modules):
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "interrupted; found so far" in err
+    for module in stack.modules:
+        assert module.serial_number in out

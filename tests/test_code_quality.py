@@ -25,6 +25,8 @@ PRESENTATION_MAY_IMPORT = {
     "webconfig",
     "collector",
     "cache",
+    "deadline",
+    "exposition",
 }
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from prometheus_client.registry import CollectorRegistry
+from support.inprocess import settled
 from support.stacks import frozen_stack
 
 from pylontech_exporter.collector import PylontechCollector
@@ -54,7 +55,7 @@ def test_labels_match_the_contract():
     stack = frozen_stack(modules=1, model="US3000C")
     with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
         bank = BankConfig("0", SerialSettings(tcp.url, timeout=0.2))
-        poller = Poller([bank])
+        poller = settled(Poller([bank]))
         try:
             snapshot = poller.read(time.monotonic() + 10)
         finally:

@@ -70,14 +70,29 @@ banks:
         ({"banks": [{"group": 1}]}, "banks[0]: `port:` is missing"),
         ({"banks": [{"port": "/dev/x", "group": 8}]}, "banks[0].group: must be an integer 0..7"),
         ({"banks": [{"port": "/dev/x", "group": "1"}]}, "banks[0].group: must be an integer"),
-        ({"banks": [{"port": "/dev/x", "baudrate": 0}]}, "banks[0].baudrate: must be a positive"),
+        ({"banks": [{"port": "/dev/x", "baudrate": 0}]}, "banks[0].baudrate: must be a baud rate"),
         ({"banks": [{"port": "/dev/x", "baudrate": "fast"}]}, "banks[0].baudrate"),
         ({"banks": [{"port": 5}]}, "banks[0].port: must be a device path or pyserial URL"),
-        ({"banks": [{"port": "/dev/x", "timeout": 0}]}, "banks[0].timeout: must be > 0"),
-        ({"banks": [{"port": "/dev/x", "command_gap": -1}]}, "command_gap: must be >= 0"),
-        ({"banks": [{"port": "/dev/x", "timeout": float("inf")}]}, "timeout: must be a finite"),
-        ({"banks": [{"port": "/dev/x", "timeout": float("nan")}]}, "timeout: must be a finite"),
-        ({"banks": [{"port": "/dev/x", "command_gap": float("nan")}]}, "gap: must be a finite"),
+        (
+            {"banks": [{"port": "/dev/x", "timeout": 0}]},
+            "timeout: must be more than 0 to 60",
+        ),
+        (
+            {"banks": [{"port": "/dev/x", "command_gap": -1}]},
+            "command_gap: must be 0 to 10",
+        ),
+        (
+            {"banks": [{"port": "/dev/x", "timeout": float("inf")}]},
+            "60 seconds, got inf",
+        ),
+        (
+            {"banks": [{"port": "/dev/x", "timeout": float("nan")}]},
+            "60 seconds, got nan",
+        ),
+        (
+            {"banks": [{"port": "/dev/x", "command_gap": float("nan")}]},
+            "10 seconds, got nan",
+        ),
         ({"banks": [{"port": "/dev/x", "modules": 17}]}, "banks[0].modules: must be an integer"),
         ({"banks": [{"port": "/dev/x", "bank_query": "maybe"}]}, "one of auto, on, off"),
         (

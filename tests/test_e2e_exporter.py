@@ -7,7 +7,6 @@ import gzip
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -120,8 +119,18 @@ def test_new_module_appears(stack, tcp):
         samples = exporter.scrape()
         assert key("pylontech_module_up", bank="0", module=3) not in samples
         stack.restore_module(0x04)
-        # The bank-wide answer now has 3 modules: the exporter learns the new one.
+        # The bank-wide answer now lists 3 modules: not taken on trust, but a discovery
+        # starts, finds the third and reads its static data.
         samples = exporter.scrape()
+        assert key("pylontech_module_up", bank="0", module=3) not in samples
+        third = key(
+            "pylontech_module_info",
+            bank="0",
+            module=3,
+            serial_number=stack.module(4).serial_number,
+            software_version=stack.module(4).model.mainline_version,
+        )
+        samples = wait_for(lambda: s if third in (s := exporter.scrape()) else None)
         assert samples[key("pylontech_module_up", bank="0", module=3)] == 1
         assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
 
@@ -197,62 +206,77 @@ def test_fifty_concurrent_scrapes_share_one_bus_read():
         assert tcp.requests - before == 10
 
 
+class Recorder:
+    """The commands (CID2) the simulator is asked, in order."""
+
+    def __init__(self, slave: Rs485Responder) -> None:
+        self.commands: list[int] = []
+        handle = slave.handle
+
+        def recording(request: bytes):
+            self.commands.append(int(request[request.rfind(b"~") + 7 :][:2], 16))
+            return handle(request)
+
+        slave.handle = recording  # type: ignore[method-assign]
+
+
 def test_scrape_timeout_header_bounds_the_read():
     stack = frozen_stack(modules=3, model="US3000C")
+    slave = Rs485Responder(stack)
+    bus = Recorder(slave)
     with (
-        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        TcpSimulator(slave, latency=0) as tcp,
         Exporter(
-            "--serial.port",
-            tcp.url,
-            "--serial.timeout",
-            "1",
-            "--cache.ttl",
-            "0",
-            "--scrape.timeout-offset",
-            "0.5",
+            "--serial.port", tcp.url, "--serial.timeout", "1", "--cache.ttl", "0",
+            "--scrape.timeout-offset", "0.5",
         ) as exporter,
-    ):
-        # First a full read with plenty of time (discovery, static data, FF query state).
+    ):  # fmt: skip
         full = exporter.scrape(timeout_header=30)
         assert_readings_equal(readings(full), expected_readings(stack, "0", 0))
         tcp.latency = 0.3  # from now on the bus is slow
-        # Each answer takes 0.3 s and one snapshot needs 5 of them (1.5 s); allow 0.8 s.
-        started = time.monotonic()
+        bus.commands.clear()
+        # Each answer takes 0.3 s: values (FF) and alarms (FF) fit in the 0.8 s the
+        # scrape allows, the 0x92 that follows does not.
         samples = exporter.scrape(timeout_header=1.3)
-        elapsed = time.monotonic() - started
-    assert elapsed < 1.3, f"scrape took {elapsed:.2f} s, longer than Prometheus allows"
-    up = {int(dict(k[1])["module"]): v for k, v in select(samples, "pylontech_module_up").items()}
-    assert set(up) == {1, 2, 3}
-    # The analog values arrive (FF, 0.3 s) and the alarms (FF, 0.6 s); the 0x92 answers
-    # (0.9 s and later) come too late: not read, so not exported.
-    assert samples[key("pylontech_up", bank="0")] == 1
-    management = select(samples, "pylontech_module_charge_enabled")
-    assert len(management) < 3, "0x92 of every module cannot have been read in time"
+    assert bus.commands[:2] == [0x42, 0x44] and bus.commands[2:] in ([], [0x92])
+    assert set(module_up(samples).values()) == {1.0}
     expected = expected_readings(stack, "0", 0)
-    actual = readings(samples)
-    assert set(actual) < set(expected)
-    for k, v in actual.items():
-        assert v == pytest.approx(expected[k], rel=1e-9, abs=1e-9), k
+    values = {k: v for k, v in readings(samples).items() if "management" not in k[0]}
+    assert_readings_equal(values, expected)
+    # The management info exported is the earlier one (younger than a minute), and says
+    # so: read before this scrape's values.
+    at = {
+        (dict(k[1])["module"], dict(k[1])["data"]): v
+        for k, v in select(samples, "pylontech_module_last_read_timestamp_seconds").items()
+    }
+    assert all(at[(m, "management")] < at[(m, "values")] for m in ("1", "2", "3"))
 
 
 def test_scrape_timeout_cuts_per_module_reads():
     stack = frozen_stack(modules=3, model="US3000C", bank_query_supported=False)
+    slave = Rs485Responder(stack)
+    bus = Recorder(slave)
     with (
-        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
-        Exporter("--serial.port", tcp.url, "--serial.timeout", "1", "--cache.ttl", "0") as exporter,
-    ):
+        TcpSimulator(slave, latency=0) as tcp,
+        Exporter(
+            "--serial.port", tcp.url, "--serial.timeout", "1", "--cache.ttl", "0",
+            "--scrape.timeout-offset", "0.1",
+        ) as exporter,
+    ):  # fmt: skip
         exporter.scrape(timeout_header=30)
         tcp.latency = 0.3  # from now on the bus is slow
-        started = time.monotonic()
-        samples = exporter.scrape(timeout_header=1.2)  # 0.7 s of bus time: 2 modules
-        elapsed = time.monotonic() - started
-    assert elapsed < 1.2
-    assert samples[key("pylontech_module_up", bank="0", module=1)] == 1
-    assert samples[key("pylontech_module_up", bank="0", module=3)] == 0
+        bus.commands.clear()
+        samples = exporter.scrape(timeout_header=0.85)  # room for 2 of the 3 0x42 answers
+    assert bus.commands[:2] == [0x42, 0x42] and 0x44 not in bus.commands
+    assert module_up(samples) == {1: 1.0, 2: 1.0, 3: 0.0}
     assert not readings(select(samples, module="3"))
     expected = expected_readings(stack, "0", 0)
     for k, v in readings(samples).items():
         assert v == pytest.approx(expected[k], rel=1e-9, abs=1e-9), k
+
+
+def module_up(samples: dict) -> dict[int, float]:
+    return {int(dict(k[1])["module"]): v for k, v in select(samples, "pylontech_module_up").items()}
 
 
 def test_http_negotiation_landing_page_and_404(stack, tcp):
@@ -292,9 +316,12 @@ def test_http_negotiation_landing_page_and_404(stack, tcp):
 
 def test_landing_page_before_any_scrape_does_not_touch_the_bus(tcp):
     with Exporter("--serial.port", tcp.url, *FAST) as exporter:
-        status, _, body = exporter.get("/")
-        assert status == 200 and "No reading yet" in body.decode()
-        assert tcp.requests == 0
+        before = tcp.requests  # discovery and static data: done in the background
+        for path in ("/", "/-/healthy", "/-/ready"):
+            status, _, _ = exporter.get(path)
+            assert status == 200, path
+        assert "No scrape yet" in exporter.get("/")[2].decode()
+        assert tcp.requests == before
 
 
 def test_simulate_mode_serves_three_modules():

@@ -42,7 +42,7 @@ def test_landing_page_render(snapshot_given):
         assert "not answering" in page
         assert f"{module.values().voltage:.2f}" in page
     else:
-        assert "No reading yet" in page
+        assert "No scrape yet" in page
 
 
 def test_landing_page_and_dump_list_the_same_active_alarms():

@@ -1,39 +1,37 @@
-"""The poller against a simulated bus: static data kept and refreshed, a fixed module
-count, a bank that cannot be reached."""
+"""The poller against simulated buses: lines read in parallel by their own workers, the
+background work that starts at once, a fixed module count, a line that cannot be
+reached, and a line that does not finish by the deadline."""
 
 from __future__ import annotations
 
+import threading
 import time
 
+from support.inprocess import settled
 from support.stacks import frozen_stack
+from support.waiting import wait_for
 
 from pylontech_exporter.config import BankConfig, SerialSettings
+from pylontech_exporter.deadline import Deadline
 from pylontech_exporter.poller import Poller
 from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator
 
 
-def test_static_data_is_read_once_then_refreshed():
+def test_discovery_and_static_data_start_with_the_poller_not_the_first_scrape():
     stack = frozen_stack(modules=2, model="US3000C")
-    now = [time.monotonic()]  # the poller's clock: moved by hand, no sleeping
     with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
-        bank = BankConfig("0", SerialSettings(tcp.url, timeout=0.1))
-        poller = Poller([bank], static_refresh=0.5, clock=lambda: now[0])
+        poller = settled(Poller([BankConfig("0", SerialSettings(tcp.url, timeout=0.1))]))
         try:
-            poller.read(time.monotonic() + 10)
             before = tcp.requests
-            second = poller.read(time.monotonic() + 10)
-            assert tcp.requests - before == 4  # FF 0x42, FF 0x44, 2 x 0x92
-            assert second.banks[0].modules[0].serial_number == stack.module(2).serial_number
-            assert second.banks[0].manufacturer.device_name == "US3000C"
-            now[0] += 0.6
-            before = tcp.requests
-            poller.read(time.monotonic() + 10)
-            # rediscovery (2 answers, then one silent address tried twice), the
-            # readings (4), static data again: 0x51, 0x4F, and 0x93, 0x96, 0x47 per module
-            assert tcp.requests - before == 4 + 4 + 2 + 6
+            snapshot = poller.read(time.monotonic() + 10)
+            assert tcp.requests - before == 2 + 2  # FF 0x42, FF 0x44, two 0x92 when due
         finally:
             poller.close()
+    bank = snapshot.banks[0]
+    assert bank.up and bank.complete and not bank.discovering
+    assert [m.serial_number for m in bank.modules] == [m.serial_number for m in stack.modules]
+    assert bank.manufacturer is not None and bank.manufacturer.device_name == "US3000C"
 
 
 def test_fixed_module_count_skips_discovery_and_reports_missing_module():
@@ -60,3 +58,53 @@ def test_bank_down_reports_the_reason():
     assert not reading.up
     assert "cannot open socket://127.0.0.1:1" in (reading.error or "")
     assert reading.failures.get("transport", 0) >= 1
+
+
+def test_a_line_that_hangs_costs_the_other_lines_nothing():
+    """One gateway never answers within the scrape (its answers are held back); the other
+    line's bank is read all the same, and the snapshot comes at the deadline."""
+    quick, stuck = frozen_stack(modules=2, seed=1), frozen_stack(modules=2, seed=2)
+    held = Rs485Responder(stuck)
+    release = threading.Event()
+    handle = held.handle
+
+    def hold(request: bytes):
+        release.wait(30)
+        return handle(request)
+
+    with (
+        TcpSimulator(Rs485Responder(quick), latency=0) as a,
+        TcpSimulator(held, latency=0) as b,
+    ):
+        banks = [
+            BankConfig("quick", SerialSettings(a.url, timeout=0.1), modules=2),
+            BankConfig("stuck", SerialSettings(b.url, timeout=5), modules=2),
+        ]
+        poller = Poller(banks)
+        try:
+            held.handle = hold  # type: ignore[method-assign]
+            snapshot = poller.read(Deadline(time.monotonic() + 1.0))
+        finally:
+            release.set()
+            poller.close()
+    readings = {bank.name: bank for bank in snapshot.banks}
+    assert readings["quick"].up and readings["quick"].complete
+    assert not readings["stuck"].up and not readings["stuck"].complete
+
+
+def test_closing_does_not_wait_for_a_read_in_progress():
+    stack = frozen_stack(modules=1)
+    slave = Rs485Responder(stack)
+    gate = threading.Event()
+    handle = slave.handle
+    slave.handle = lambda request: gate.wait(30) and handle(request)  # type: ignore[method-assign]
+    with TcpSimulator(slave, latency=0) as tcp:
+        poller = Poller([BankConfig("0", SerialSettings(tcp.url, timeout=10), modules=1)])
+        poller.start()
+        assert wait_for(lambda: tcp.requests >= 1)  # a background request is waiting
+        started = time.monotonic()
+        poller.close()
+        closed = time.monotonic() - started
+        gate.set()
+    assert closed < 5
+    assert all(line._thread.daemon for line in poller.lines)

@@ -218,6 +218,10 @@ def _fault_cycles(stack, exporter, url_port: int, cycles: int) -> None:
     for cycle in range(cycles):
         tcp = TcpSimulator(Rs485Responder(stack), port=url_port, latency=0).start()
         try:
+            # Discovered in the background, retried while the gateway was gone.
+            assert wait_for(
+                lambda: exporter.poller.banks[0].settled and exporter.poller.banks[0].known
+            )
             stack.faults.add("drop", address=0x03, count=1)
             stack.faults.add("chksum", address=0x04, count=2)
             stack.faults.add("junk", probability=0.5)
@@ -235,7 +239,7 @@ def test_no_thread_or_fd_leak_over_many_fault_cycles(stack):
     tcp = TcpSimulator(Rs485Responder(stack), latency=0).start()
     port = tcp.port
     tcp.stop()
-    with InProcessExporter(bank(tcp.url)) as exporter:
+    with InProcessExporter(bank(tcp.url), ready=False) as exporter:
         _fault_cycles(stack, exporter, port, 2)  # warm up
         wait_for(lambda: handler_threads() == 0, 5)
         start = resources()

@@ -10,6 +10,7 @@ import socket
 import ssl
 import tokenize
 import urllib.error
+import urllib.request
 
 import bcrypt
 import pytest
@@ -19,6 +20,7 @@ from support.metrics import key, parse, readings
 from support.pki import TLS, web
 from support.processes import Exporter, run_cli
 from support.stacks import frozen_stack
+from support.waiting import wait_for
 
 from pylontech_exporter.rs485.client import Pylontech
 from pylontech_exporter.simulator import Rs485Responder
@@ -150,12 +152,17 @@ def test_tls_and_auth_in_a_real_process(ca, pki, tcp, tmp_path):
     path = tmp_path / "web.yml"
     path.write_text(TLS.replace("DIR", str(pki["dir"])) + f"basic_auth_users:\n  prom: '{HASH}'\n")
     with Exporter(
-        "--serial.port", tcp.url, "--cache.ttl", "0", "--web.config.file", str(path)
+        "--serial.port", tcp.url, "--cache.ttl", "0", "--web.config.file", str(path), ready=False
     ) as exporter:
         exporter.base = exporter.base.replace("http://", "https://")
         assert any("tls=True auth=True" in line for line in exporter.lines)
-        import urllib.request
 
+        def get(path: str) -> int:
+            request = urllib.request.Request(exporter.base + path, headers=basic("prom", PASSWORD))
+            with urllib.request.urlopen(request, context=client_context(ca), timeout=10) as answer:
+                return int(answer.status)
+
+        assert wait_for(lambda: _ok(get, "/-/ready"))
         request = urllib.request.Request(
             exporter.base + "/metrics", headers=basic("prom", PASSWORD)
         )
@@ -300,3 +307,10 @@ def test_write_command_codes_appear_nowhere_but_the_refusal():
                 if token.type == tokenize.NUMBER and ast.literal_eval(token.string) in (0x94, 0x95):
                     hits.append((path.name, token.line.strip()))
     assert hits == [("frame.py", "WRITE_COMMANDS = frozenset({0x94, 0x95})")] * 2, hits
+
+
+def _ok(get, path: str) -> bool:
+    try:
+        return get(path) == 200
+    except urllib.error.HTTPError:
+        return False

@@ -20,9 +20,11 @@ from support.stacks import frozen_stack
 from support.waiting import wait_for
 
 from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
+from pylontech_exporter.exposition import Exposition
 from pylontech_exporter.server import MAX_SCRAPE_TIMEOUT, ExporterServer, scrape_budget
 from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator
+from pylontech_exporter.snapshot import Snapshot
 
 
 @pytest.mark.parametrize("header", ["inf", "-inf", "nan", "1e12", "1e400", "0", "-3", "x"])
@@ -47,7 +49,8 @@ class _Broken:
 
 
 def _serve(registry: CollectorRegistry, landing=lambda: "<html></html>"):
-    server = ExporterServer(("127.0.0.1", 0), registry=registry, landing=landing)
+    exposition = Exposition(registry, lambda deadline: Snapshot(banks=[]))
+    server = ExporterServer(("127.0.0.1", 0), exposition=exposition, landing=landing)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )

@@ -1,29 +1,40 @@
-"""The RS485 read plan: what the exporter asks a bank's modules on each scrape.
+"""The RS485 read plan: what the exporter asks a bank's modules, on a scrape and between.
 
-Per scrape and bank: analog values (0x42) and alarm info (0x44) of every module, bank-wide
-when the firmware answers the FF query and module by module otherwise, then the
-charge/discharge management info (0x92) of each module. Static data (0x93 serial
-number, 0x96 software version, 0x47 thresholds, 0x51 manufacturer info, 0x4F protocol
-version) is read at discovery and refreshed hourly or when the set of answering modules
-changes. What is remembered between scrapes lives in the source-neutral
-:class:`~pylontech_exporter.bank.Bank`.
+On each scrape, per bank, in this order until the deadline:
+
+1. after the port was (re)opened: the master's serial number, to be sure the same stack
+   is on the line (a gateway swapped, a device path reused by another adapter);
+2. analog values (0x42) of every known module, bank-wide when the firmware answers the FF
+   query, else module by module;
+3. alarm info (0x44), the same way;
+4. management info (0x92), oldest first, as many as the time left allows.
+
+What a short budget does not reach is not exported (values and alarms are always of this
+scrape); management info is exported while younger than a minute, with its read time.
+
+Between scrapes, one request at a time and giving way to any scrape: discovery (0x93 from
+the master upward; the first silent address beyond the known modules ends it), the static
+data (0x51 per bank; 0x96 and 0x47 per module; hourly, the old values kept until the new
+ones are read) and management info older than 30 s. The protocol version comes from the
+VER of the answers (0x4F is not needed).
 
 Banks on one port share one :class:`~pylontech_exporter.rs485.client.Pylontech` client
-and are read one after the other (:class:`Rs485Line`). Every request is bounded by the
-scrape's deadline (``client.deadline``): what was not read in time is reported as not
-read, never filled in from an older snapshot.
+(:class:`Rs485Source`); what is remembered lives in the source-neutral
+:class:`~pylontech_exporter.bank.Bank`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import math
+import time
 from functools import partial
 from typing import Any, Callable, Protocol, TypeVar
 
-from ..bank import Bank, ModuleStatic
+from ..bank import Bank
 from ..config import SerialSettings
-from ..errors import PylontechError
+from ..deadline import Deadline
+from ..errors import DeadlinePassed, FrameError, PylontechError, ResponseError, TransportError
 from ..logging_setup import kv
 from ..models import (
     GroupValues,
@@ -35,7 +46,6 @@ from ..models import (
     ProtocolVersion,
     SoftwareVersion,
     SystemParameters,
-    master_address,
     module_position,
 )
 from ..snapshot import BankReading, ModuleReading
@@ -45,14 +55,23 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Management info older than this is read again between scrapes.
+MANAGEMENT_REFRESH = 30.0
+#: A transport failure pauses background work this long.
+BACKGROUND_RETRY = 2.0
+#: Seconds to the first byte of an answer on real modules, for estimates.
+LATENCY = 0.08
+
 
 class Client(Protocol):
     """What the read plan needs of :class:`~pylontech_exporter.rs485.client.Pylontech`."""
 
     stats: Any
+    transport: Any
+    versions: dict[int, int]
 
-    def deadline(self, when: float) -> Any: ...
-    def discover(self, group: int = 0, *, timeout: float | None = None) -> list[int]: ...
+    def deadline(self, when: Deadline | float) -> Any: ...
+    def probe(self, address: int, timeout: float | None = None) -> ModuleSerialNumber | None: ...
     def get_values_bank(self, group: int = 0) -> GroupValues: ...
     def get_values_single(self, address: int) -> ModuleValues: ...
     def get_alarm_info_bank(self, group: int = 0) -> list[ModuleAlarms]: ...
@@ -62,12 +81,7 @@ class Client(Protocol):
     def get_module_serial_number(self, address: int) -> ModuleSerialNumber: ...
     def get_software_version(self, address: int) -> SoftwareVersion: ...
     def get_manufacturer_info(self, address: int) -> ManufacturerInfo: ...
-    def get_protocol_version(self, address: int) -> ProtocolVersion: ...
     def close(self) -> None: ...
-
-
-class _DeadlinePassed(Exception):
-    pass
 
 
 class BankReader:
@@ -83,113 +97,122 @@ class BankReader:
             what: BankQueryPolicy(mode, reprobe_after=bank.rediscover_after, clock=bank.clock)
             for what in ("values", "alarms")
         }
-        self._deadline = float("inf")
+        #: The port opening whose stack is known to be this bank's.
+        self._verified = 0
+        #: Discovery in progress: the next position to probe and what answered so far.
+        self._probe_next: int | None = None
+        self._found: set[int] = set()
+        #: Seconds the last values and alarms reads took (what a scrape needs at least).
+        self.needed: float | None = None
+        #: Seconds one 0x92 exchange took last.
+        self._management_time = LATENCY
 
-    def read(self, deadline: float) -> BankReading:
-        """Read the bank; every request ends by ``deadline`` (time.monotonic())."""
+    # -- a scrape ---------------------------------------------------------------------
+
+    def read(self, deadline: Deadline) -> BankReading:
+        """Read the bank for a scrape; every request ends by ``deadline``."""
         bank = self.bank
-        self._deadline = deadline
         start = bank.clock()
         before_requests = self.client.stats.requests
         before_failures = dict(self.client.stats.failures)
         reading = bank.begin()
         try:
             with self.client.deadline(deadline):
-                self._read(reading)
-        except _DeadlinePassed:
+                self._read(reading, deadline)
+        except DeadlinePassed:
             reading.complete = False
-            reading.error = "scrape deadline passed before the bank was read"
+            budget = deadline.when - start
+            reading.error = f"the scrape deadline ({budget:.2f} s) passed before the bank was read"
+            reading.hint = self._hint(budget)
             log.warning(
                 "scrape deadline passed; reporting unread modules as down",
-                extra=kv(
-                    bank=bank.name,
-                    read=sum(m.up for m in reading.modules),
-                    modules=len(bank.known),
-                ),
+                extra=kv(bank=bank.name, read=sum(m.up for m in reading.modules)),
             )
         finally:
-            stats = self.client.stats
-            bank.count(
-                stats.requests - before_requests,
-                {r: n - before_failures.get(r, 0) for r, n in stats.failures.items()},
-            )
+            self._count(before_requests, before_failures)
         return bank.finish(reading, bank.clock() - start)
 
-    # -- the read, step by step -------------------------------------------------------
+    def _count(self, requests: int, failures: dict[str, int]) -> None:
+        stats = self.client.stats
+        self.bank.count(
+            stats.requests - requests,
+            {r: n - failures.get(r, 0) for r, n in stats.failures.items()},
+        )
 
-    def _address(self, position: int) -> int:
-        return self.bank.address(position)
-
-    def _check_deadline(self) -> None:
-        if self.bank.clock() >= self._deadline:
-            raise _DeadlinePassed
-
-    def _try(self, what: str, call: Callable[[], T]) -> T | None:
-        """``call()``, or None after a protocol error (logged). Raises _DeadlinePassed when
-        the scrape's time is up, before or during the call."""
-        self._check_deadline()
-        try:
-            return call()
-        except PylontechError as error:
-            self._check_deadline()
-            self.bank.last_error = str(error)
-            log.debug("%s failed: %s", what, error, extra=kv(bank=self.bank.name))
-            return None
-
-    def _read(self, reading: BankReading) -> None:
+    def _read(self, reading: BankReading, deadline: Deadline) -> None:
         bank = self.bank
-        if bank.discovery_due(bank.clock()):
-            self._discover()
+        self._check_identity()
         if not bank.known:
-            reading.error = "no module answered discovery"
             return
-        values = self._read_values(reading)
-        modules = {module.position: module for module in reading.modules}
-        for position in bank.answered(set(values)):
-            bank.apply_static(modules[position])
-        if not modules:
-            return
-        for position, alarms in self._read_alarms(list(modules)).items():
-            if position in modules:
-                modules[position].alarms = alarms
-        for position, module in modules.items():
-            address = self._address(position)
-            module.management = self._try(
-                f"0x92 at 0x{address:02X}", partial(self.client.get_management_info, address)
-            )
-        self._read_static(modules)
-
-    def _discover(self) -> None:
-        bank = self.bank
-        now = bank.clock()
-        self._check_deadline()
+        started = bank.clock()
+        modules: dict[int, ModuleReading] = {}
         try:
-            found = self.client.discover(self.group)
-        except PylontechError as error:
-            self._check_deadline()
-            bank.last_error = str(error)
-            log.warning("discovery failed", extra=kv(bank=bank.name, err=str(error)))
+            self._read_values(reading, modules)
+            # Every known module was asked (a module cut off by the deadline was not).
+            bank.answered({p for p, m in modules.items() if m.up})
+            if modules:
+                self._read_alarms(modules)
+                self.needed = bank.clock() - started
+                self._read_management(modules, deadline)
+        finally:
+            reading.modules = [modules[p] for p in sorted(modules)]
+
+    def _check_identity(self) -> None:
+        """After the port was (re)opened, the master must be the one this bank knows."""
+        transport = self.client.transport
+        if transport.is_open and transport.generation == self._verified:
             return
-        positions = [module_position(a, self.group) for a in found]
-        if bank.clock() >= self._deadline:
-            # discover() stops at the first silent address: a deadline makes it look short.
-            bank.learn(positions)
-            raise _DeadlinePassed
-        bank.discovered(positions, now)
-        # Re-check what the firmware answers after every discovery.
-        for policy in self.policies.values():
-            policy.forget()
+        bank = self.bank
+        known = bank.modules.get(1)
+        if known is None or known.serial_number is None:
+            self._verified = transport.generation  # nothing known yet that could differ
+            return
+        try:
+            serial = self.client.probe(bank.address(1))
+        except DeadlinePassed:
+            raise
+        except PylontechError:
+            serial = None
+        if serial is None:
+            return  # nobody there: nothing is served, checked again next time
+        self._verified = transport.generation
+        if serial.serial_number != known.serial_number:
+            bank.forget(
+                f"the master's serial number is {serial.serial_number}, "
+                f"not {known.serial_number}: another stack answers on this port"
+            )
+            for policy in self.policies.values():
+                policy.forget()
+
+    def _try(self, command: str, position: int, call: Callable[[], T]) -> T | None:
+        """``call()``, or None after a protocol error (logged); the outcome is recorded
+        for the module. DeadlinePassed goes through."""
+        address = self.bank.address(position)
+        try:
+            result = call()
+        except DeadlinePassed:
+            raise
+        except PylontechError as error:
+            self.bank.last_error = str(error)
+            self.bank.record(position, command, False)
+            log.debug(
+                "%s of 0x%02X failed: %s", command, address, error, extra=kv(bank=self.bank.name)
+            )
+            return None
+        self.bank.record(position, command, True)
+        self.bank.answered_now(position)
+        return result
 
     def _bank_read(self, what: str, call: Callable[[], list[Any]]) -> dict[int, Any] | None:
         """A bank-wide read mapped by position, or None when it failed or cannot be
         trusted (fewer modules than expected: which one is missing is unknown)."""
         bank = self.bank
         policy = self.policies[what]
-        self._check_deadline()
         try:
             modules = call()
+        except DeadlinePassed:
+            raise  # the deadline is no evidence about the firmware
         except PylontechError as error:
-            self._check_deadline()
             bank.last_error = str(error)
             if policy.learning:
                 previous = policy.failed()
@@ -199,111 +222,242 @@ class BankReader:
                     extra=kv(bank=bank.name, command=what, err=str(error)),
                 )
             return None
-        by_position = {module_position(m.address, self.group): m for m in modules}
-        if len(by_position) > len(bank.known) and not bank.config.modules:
-            log.info(
-                "bank reports more modules than known; rediscovering",
-                extra=kv(bank=bank.name, count=len(by_position)),
-            )
-            bank.learn(by_position)
-            bank.rediscover_wanted = True
-            bank.last_discovery = None
         policy.answered()
+        by_position = {module_position(m.address, self.group): m for m in modules}
+        unknown = set(by_position) - set(bank.known)
+        if unknown:
+            # Not taken on trust: a module is known once it answers for itself.
+            bank.want_discovery("the bank-wide answer lists more modules than known")
         if len(by_position) < len(bank.known) and policy.learning:
             return None
-        return by_position
+        return {p: m for p, m in by_position.items() if p in bank.modules}
 
-    def _read_values(self, reading: BankReading) -> dict[int, ModuleValues]:
-        """The analog values, by position. ``reading.modules`` gets the modules read, with
-        the static data known from earlier scrapes, even when the deadline cuts this
-        short."""
-        values: dict[int, ModuleValues] = {}
-        try:
-            self._fill_values(reading, values)
-        finally:
-            reading.modules = []
-            for position, value in sorted(values.items()):
-                module = self.bank.reading(position)
-                module.values = value
-                reading.modules.append(module)
-        return values
-
-    def _fill_values(self, reading: BankReading, values: dict[int, ModuleValues]) -> None:
+    def _read_values(self, reading: BankReading, modules: dict[int, ModuleReading]) -> None:
+        bank = self.bank
         policy = self.policies["values"]
+        now = bank.wall()
+
+        def keep(position: int, values: ModuleValues) -> None:
+            module = modules[position] = bank.reading(position)
+            module.values = values
+            module.read_at["values"] = now
+            module.success["values"] = True
+
         if policy.should_ask():
-            group = self.group
             result = self._bank_read(
-                "values", lambda: list(self.client.get_values_bank(group).modules)
+                "values", lambda: list(self.client.get_values_bank(self.group).modules)
             )
             if result is not None:
                 reading.bank_query = True
-                values.update((p, v) for p, v in result.items() if p in self.bank.known)
+                for position, values in result.items():
+                    bank.record(position, "values", True)
+                    bank.answered_now(position)
+                    keep(position, values)
                 return
             if policy.mode == "on":
                 return
         try:
-            for position in self.bank.known:
-                address = self._address(position)
+            for position in bank.known:
                 value = self._try(
-                    f"0x42 at 0x{address:02X}", partial(self.client.get_values_single, address)
+                    "values",
+                    position,
+                    partial(self.client.get_values_single, bank.address(position)),
                 )
                 if value is not None:
-                    values[position] = value
+                    keep(position, value)
         finally:
             # Per-module reads fail as well: the bank is down, not the FF query unsupported.
-            if not values and policy.supported is False:
+            if not modules and policy.supported is False:
                 policy.forget()
 
-    def _read_alarms(self, positions: list[int]) -> dict[int, ModuleAlarms]:
-        policy = self.policies["alarms"]
-        if policy.should_ask():
-            group = self.group
-            result = self._bank_read("alarms", lambda: self.client.get_alarm_info_bank(group))
-            if result is not None:
-                return result
-            if policy.mode == "on":
-                return {}
-        alarms = {}
-        for position in positions:
-            address = self._address(position)
-            alarm = self._try(
-                f"0x44 at 0x{address:02X}", partial(self.client.get_alarm_info, address)
-            )
-            if alarm is not None:
-                alarms[position] = alarm
-        return alarms
-
-    def _read_static(self, modules: dict[int, ModuleReading]) -> None:
+    def _read_alarms(self, modules: dict[int, ModuleReading]) -> None:
         bank = self.bank
-        bank.static_expired(bank.clock())
-        master = master_address(self.group)
-        if bank.manufacturer is None:
-            bank.manufacturer = self._try("0x51", lambda: self.client.get_manufacturer_info(master))
-        if bank.protocol_version is None:
-            bank.protocol_version = self._try(
-                "0x4F", lambda: self.client.get_protocol_version(master)
+        policy = self.policies["alarms"]
+        now = bank.wall()
+
+        def keep(position: int, alarms: ModuleAlarms) -> None:
+            module = modules[position]
+            module.alarms = alarms
+            module.read_at["alarms"] = now
+            module.success["alarms"] = True
+
+        if policy.should_ask():
+            result = self._bank_read("alarms", lambda: self.client.get_alarm_info_bank(self.group))
+            if result is not None:
+                for position, alarms in result.items():
+                    bank.record(position, "alarms", True)
+                    if position in modules:
+                        keep(position, alarms)
+                return
+            if policy.mode == "on":
+                return
+        for position in list(modules):
+            alarm = self._try(
+                "alarms", position, partial(self.client.get_alarm_info, bank.address(position))
             )
-        for position, module in modules.items():
-            address = self._address(position)
-            static = bank.static.setdefault(position, ModuleStatic())
-            if static.serial_number is None:
-                serial = self._try(
-                    f"0x93 at 0x{address:02X}",
-                    partial(self.client.get_module_serial_number, address),
-                )
-                static.serial_number = serial.serial_number if serial is not None else None
-            if static.software_version is None:
-                version = self._try(
-                    f"0x96 at 0x{address:02X}",
-                    partial(self.client.get_software_version, address),
-                )
-                static.software_version = version.mainline_version if version else None
-            if static.parameters is None:
-                static.parameters = self._try(
-                    f"0x47 at 0x{address:02X}",
-                    partial(self.client.get_system_parameters, address),
-                )
-            bank.apply_static(module)
+            if alarm is not None:  # kept at once: a deadline later keeps what was read
+                keep(position, alarm)
+
+    def _read_management(self, modules: dict[int, ModuleReading], deadline: Deadline) -> None:
+        """0x92 of the modules read, oldest first, while an exchange still fits."""
+        bank = self.bank
+        order = sorted(modules, key=lambda p: bank.memory(p).management_at)
+        for position in order:
+            if deadline.remaining() < 1.5 * self._management_time:
+                return
+            module = modules[position]
+            if self._refresh_management(position):
+                memory = bank.memory(position)
+                module.management = memory.management
+                module.read_at["management"] = memory.management_wall
+            module.success["management"] = bank.memory(position).success["management"]
+
+    def _refresh_management(self, position: int) -> bool:
+        started = time.monotonic()
+        info = self._try(
+            "management",
+            position,
+            partial(self.client.get_management_info, self.bank.address(position)),
+        )
+        if info is None:
+            return False
+        self._management_time = time.monotonic() - started
+        self.bank.keep_management(position, info)
+        return True
+
+    def _hint(self, budget: float) -> str | None:
+        """Why a scrape does not fit, and what it needs."""
+        modules = len(self.bank.known)
+        if not modules:
+            return None
+        needed = self.needed or self._estimate()
+        if needed <= budget:
+            return None
+        baud = self.client.transport.baudrate
+        return (
+            f"scrape timeout too short for {modules} modules at {baud} Bd: the bus needs about "
+            f"{needed:.1f} s for values and alarms, the scrape allowed {budget:.2f} s; raise "
+            f"Prometheus' scrape_timeout to {math.ceil((needed + 0.3) * 10) / 10:.1f} s or more"
+        )
+
+    def _estimate(self) -> float:
+        """Seconds values and alarms take on the wire (15 cells, 5 temperatures, 4-item
+        capacities per module), bank-wide or per module as the firmware answers."""
+        modules = len(self.bank.known)
+        seconds_per_byte = 10 / float(self.client.transport.baudrate)
+        values, alarms = 2 * (2 + 59), 2 * (2 + 27)  # ASCII hex of one module's INFO
+        policy = self.policies["values"]
+        if policy.mode == "on" or (policy.mode == "auto" and policy.supported is not False):
+            exchanges, size = 2, 2 * (22 + 4) + modules * (values + alarms)
+        else:
+            exchanges, size = 2 * modules, modules * (2 * (22 + 22) + values + alarms)
+        return exchanges * LATENCY + size * seconds_per_byte
+
+    # -- between scrapes --------------------------------------------------------------
+
+    def background(self) -> float | None:
+        """One step of background work; the seconds until the next is due, None when
+        nothing is left for now. DeadlinePassed (a scrape wants the line) goes through."""
+        bank = self.bank
+        self._check_identity()
+        if self._probe_next is not None or bank.discovery_due():
+            self._discovery_step()
+            return 0.0
+        if bank.bank_static_due() and bank.known:
+            self._read_bank_static()
+            return 0.0
+        for position in bank.known:
+            if bank.static_due(position):
+                self._read_static(position)
+                return 0.0
+        stale = [
+            (memory.management_at, position)
+            for position, memory in bank.modules.items()
+            if bank.clock() - memory.management_at >= MANAGEMENT_REFRESH
+        ]
+        if stale:
+            self._refresh_management(min(stale)[1])
+            return 0.0
+        next_due = [
+            MANAGEMENT_REFRESH - (bank.clock() - m.management_at) for m in bank.modules.values()
+        ]
+        return max(0.0, min(next_due, default=MANAGEMENT_REFRESH))
+
+    def _discovery_step(self) -> None:
+        """Probe one position. The first silent one beyond every module known ends the
+        discovery (one probe, not a failure: an empty address is the answer)."""
+        bank = self.bank
+        if self._probe_next is None:
+            self._probe_next, self._found = 1, set()
+            log.debug("discovery starts", extra=kv(bank=bank.name, why=bank.discovery_reason))
+        position = self._probe_next
+        address = bank.address(position)
+        try:
+            serial = self.client.probe(address)
+        except (ResponseError, FrameError) as error:  # somebody is there
+            log.debug("0x%02X answers discovery with %s", address, error, extra=kv(bank=bank.name))
+            serial, present = None, True
+        else:
+            present = serial is not None
+        if present:
+            self._found.add(position)
+            memory = bank.memory(position)
+            if serial is not None:
+                memory.serial_number = serial.serial_number
+            memory.last_answer = bank.clock()
+        last = position >= 16 or (not present and position > max(bank.known, default=0))
+        if last:
+            self._probe_next = None
+            bank.discovered(self._found)
+            for policy in self.policies.values():
+                policy.forget()  # re-check what the firmware answers after a discovery
+        else:
+            self._probe_next = position + 1
+
+    def _read_bank_static(self) -> None:
+        bank = self.bank
+        master = bank.address(1)
+        maker = self._try("manufacturer", 1, partial(self.client.get_manufacturer_info, master))
+        if maker is not None:
+            bank.manufacturer = maker
+            version = self.client.versions.get(master)
+            bank.protocol_version = (
+                ProtocolVersion.from_ver(version) if version is not None else None
+            )
+        bank.bank_static_at = bank.clock()  # failed or not: tried again at the next refresh
+
+    def _read_static(self, position: int) -> None:
+        """One part of a module's static data (0x96, 0x47, and 0x93 where no discovery
+        reads it), one request per step; the old values stay until the new ones are read."""
+        bank = self.bank
+        memory = bank.memory(position)
+        if not memory.static_pending:
+            memory.static_pending = (["serial"] if bank.config.modules else []) + [
+                "software",
+                "parameters",
+            ]
+        part = memory.static_pending[0]
+        address = bank.address(position)
+        if part == "serial":
+            serial = self._try(
+                part, position, partial(self.client.get_module_serial_number, address)
+            )
+            if serial is not None:
+                memory.serial_number = serial.serial_number
+        elif part == "software":
+            version = self._try(part, position, partial(self.client.get_software_version, address))
+            if version is not None:
+                memory.software_version = version.mainline_version
+        else:
+            parameters = self._try(
+                part, position, partial(self.client.get_system_parameters, address)
+            )
+            if parameters is not None:
+                memory.parameters = parameters
+        memory.static_pending.pop(0)
+        if not memory.static_pending:
+            memory.static_at = bank.clock()
+            memory.static_wall = bank.wall()
 
 
 ClientFactory = Callable[[SerialSettings], Client]
@@ -320,30 +474,37 @@ def default_client(settings: SerialSettings) -> Client:
     )
 
 
-class Rs485Line:
-    """The banks of one RS485 port, read one after the other through one client."""
+class Rs485Source:
+    """The banks of one RS485 port, read through one client (the line's worker thread is
+    the only one that uses it)."""
 
     def __init__(self, banks: list[Bank], client_factory: ClientFactory = default_client) -> None:
         self.banks = banks
         self.client = client_factory(banks[0].config.serial)
         self.readers = [BankReader(bank, self.client) for bank in banks]
-        self._busy = threading.Lock()
 
-    def read(self, deadline: float) -> list[BankReading]:
-        if not self._busy.acquire(blocking=False):
-            return [b.unread("the previous read of this port is still running") for b in self.banks]
-        try:
-            results = []
-            for reader in self.readers:
-                try:
-                    result = reader.read(deadline)
-                except Exception as error:  # a bug must not take the other banks down
-                    log.exception("reading the bank failed", extra=kv(bank=reader.bank.name))
-                    result = reader.bank.unread(f"internal error: {error}")
-                results.append(result)
-            return results
-        finally:
-            self._busy.release()
+    def scrape(self, deadline: Deadline) -> list[BankReading]:
+        return [reader.read(deadline) for reader in self.readers]
+
+    def background(self, deadline: Deadline) -> float:
+        pauses = []
+        for reader in self.readers:
+            before_requests = self.client.stats.requests
+            before_failures = dict(self.client.stats.failures)
+            try:
+                with self.client.deadline(deadline):
+                    pause = reader.background()
+            except DeadlinePassed:
+                return 0.0  # a scrape wants the line: back after it
+            except TransportError as error:
+                log.debug("background work paused: %s", error, extra=kv(bank=reader.bank.name))
+                return BACKGROUND_RETRY
+            finally:
+                reader._count(before_requests, before_failures)
+            if pause == 0.0:
+                return 0.0  # one step done; the next one after a look at the scrapes
+            pauses.append(MANAGEMENT_REFRESH if pause is None else pause)
+        return min(pauses, default=MANAGEMENT_REFRESH)
 
     def close(self) -> None:
         self.client.close()

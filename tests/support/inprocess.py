@@ -13,8 +13,17 @@ from typing import Any
 
 from pylontech_exporter.cli import build_server
 from pylontech_exporter.config import BankConfig, Config, SerialSettings
+from pylontech_exporter.poller import Poller
 
 from .metrics import Key, parse
+from .waiting import wait_for
+
+
+def settled(poller: Poller) -> Poller:
+    """``poller`` started, once every bank is known (modules and static data)."""
+    poller.start()
+    assert wait_for(lambda: all(b.settled for b in poller.banks), 20), "banks not learnt"
+    return poller
 
 
 def bank(port: str, *, name: str = "0", group: int = 0, timeout: float = 0.1, **kw: Any):
@@ -26,7 +35,10 @@ def bank(port: str, *, name: str = "0", group: int = 0, timeout: float = 0.1, **
 class InProcessExporter:
     """The exporter serving on 127.0.0.1 in a thread of this process."""
 
-    def __init__(self, *banks: BankConfig, cache_ttl: float = 0.0, **options: Any) -> None:
+    def __init__(
+        self, *banks: BankConfig, cache_ttl: float = 0.0, ready: bool = True, **options: Any
+    ) -> None:
+        """``ready``: return once every bank is known (modules and static data)."""
         self.server, self.poller = build_server(
             Config(banks=list(banks)),
             address=("127.0.0.1", 0),
@@ -39,6 +51,9 @@ class InProcessExporter:
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
+        if ready and not wait_for(lambda: all(b.settled for b in self.poller.banks), 30):
+            self.stop()
+            raise AssertionError("the exporter did not learn its banks")
 
     def get(
         self,

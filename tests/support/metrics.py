@@ -43,6 +43,9 @@ def select(samples: dict[Key, float], prefix: str = "pylontech_", **labels: str)
 HEALTH = (
     "pylontech_up",
     "pylontech_module_up",
+    "pylontech_bank_discovering",
+    "pylontech_module_read_success",
+    "pylontech_module_last_read_timestamp_seconds",
     "pylontech_scrape_duration_seconds",
     "pylontech_serial_requests_total",
     "pylontech_serial_request_failures_total",

@@ -85,7 +85,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30):
 class Exporter:
     """``pylontech-exporter`` serving on 127.0.0.1 at a port the OS picks."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, ready: bool = True) -> None:
+        """``ready``: return once /-/ready says every bank is known (its modules and
+        static data), so that the first scrape has everything."""
         #: With --web.listen-address given, startup is noticed by connecting (the log line
         #: that names the address may be filtered by --log.level).
         self.fixed = next(
@@ -112,6 +114,16 @@ class Exporter:
             self.stop()
             raise AssertionError("exporter did not start:\n" + "\n".join(self.lines))
         self.base = f"http://{self.address}"
+        if ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.get("/-/ready")[0] != 200:
+            if time.monotonic() > deadline or not self.running():
+                self.stop()
+                raise AssertionError("exporter did not get ready:\n" + self.describe())
+            time.sleep(0.05)
 
     def _wait_connectable(self, address: str) -> None:
         host, _, port = address.rpartition(":")
