@@ -120,8 +120,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
 
-    def apply_environment(self, environ: dict[str, str]) -> None:
-        """Use ``PYLONTECH_EXPORTER_*`` variables as defaults (flags still win)."""
+    def apply_environment(self, environ: dict[str, str]) -> set[str]:
+        """Use ``PYLONTECH_EXPORTER_*`` variables as defaults (flags still win). Returns
+        the destinations they set."""
+        applied = set()
         for action in self._actions:
             flags = [o for o in action.option_strings if o.startswith("--")]
             if not flags or action.dest in ("help", "version"):
@@ -141,6 +143,8 @@ class Parser(argparse.ArgumentParser):
             except argparse.ArgumentTypeError as error:
                 self.error(f"environment variable {name}: {error}")
             action.default = value
+            applied.add(action.dest)
+        return applied
 
 
 def build_parser(command: str | None = None) -> Parser:
@@ -330,8 +334,15 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     args = list(argv)
     command = _command(args)
     parser = build_parser(command)
-    parser.apply_environment(dict(os.environ) if environ is None else environ)
+    from_environment = parser.apply_environment(dict(os.environ) if environ is None else environ)
     namespace = parser.parse_args(args)
+    given = {
+        action.dest
+        for action in parser._actions
+        if any(a == o or a.startswith(o + "=") for a in args for o in action.option_strings)
+    }
+    #: What only the environment set (a flag on the command line wins over it).
+    namespace.from_environment = from_environment - given
     namespace.command = command
     namespace.parser = parser
     #: Whether groups were asked for (scan then probes only those, not every address).
@@ -375,9 +386,17 @@ def fail(message: str) -> NoReturn:
 def build_config(args: argparse.Namespace) -> Config:
     """Banks from --serial.port/--group or --config.file (not --simulate)."""
     if args.serial_port and args.config_file:
-        raise ConfigError(
-            "--serial.port and --config.file both given; put every bank in the config file"
+        if "serial_port" not in args.from_environment:
+            raise ConfigError(
+                "--serial.port and --config.file both given; put every bank in the config file"
+            )
+        # The config file lists the banks: the port of the environment (the shipped
+        # /etc/default/pylontech-exporter sets one) gives way to it.
+        log.info(
+            "the config file lists the banks; PYLONTECH_EXPORTER_SERIAL_PORT is not used",
+            extra=kv(config=args.config_file),
         )
+        args.serial_port = None
     if args.modules and not args.serial_port:
         raise ConfigError(
             "--modules applies to --serial.port; in a config file give each bank `modules:`"

@@ -309,7 +309,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, body: bool) -> None:
         url = urlsplit(self.path)
-        if not self._authorized():
+        # /-/healthy says nothing but "serving": a container's health check needs no
+        # password for it.
+        if url.path != HEALTHY_PATH and not self._authorized():
             status = 401
             headers = [
                 ("Content-Type", "text/plain; charset=utf-8"),

@@ -12,12 +12,13 @@ import time
 
 import pytest
 import serial
+from support import REPO
 from support.metrics import expected_readings, key, select
 from support.processes import Exporter, clean_env, exporter_command, run_cli
 from support.stacks import frozen_stack
 
 from pylontech_exporter import __version__
-from pylontech_exporter.cli import build_parser, env_name, parse_args
+from pylontech_exporter.cli import build_config, build_parser, env_name, parse_args
 from pylontech_exporter.server import parse_listen_address
 from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator
@@ -487,3 +488,31 @@ def test_ctrl_c_ends_a_scan_cleanly_with_what_was_found(stack):
     assert "Traceback" not in err and "interrupted; found so far" in err
     for module in stack.modules:
         assert module.serial_number in out
+
+
+def _env_file(text: str) -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "=" in line and not line.startswith("ARGS")
+    )
+
+
+def test_the_shipped_environment_file_works_as_shipped_and_with_the_config_file_line(
+    tmp_path,
+):
+    shipped = (REPO / "deploy" / "systemd" / "pylontech-exporter.env").read_text()
+    config = tmp_path / "banks.yml"
+    config.write_text("banks:\n  - {name: house, port: 'socket://127.0.0.1:8899'}\n")
+    as_shipped = build_config(parse_args([], environ=_env_file(shipped)))
+    assert [(b.port, b.serial.baudrate) for b in as_shipped.banks] == [("/dev/pylontech", 115200)]
+    enabled = shipped.replace(
+        "#PYLONTECH_EXPORTER_CONFIG_FILE=/etc/pylontech-exporter.yml",
+        f"PYLONTECH_EXPORTER_CONFIG_FILE={config}",
+    )
+    result = run_cli("--config.check", env=clean_env(**_env_file(enabled)))
+    assert result.returncode == 0, result.stderr
+    assert "1 bank(s): house (socket://127.0.0.1:8899" in result.stdout
+    # Both as flags: one of them is a mistake, said so.
+    both = run_cli("--serial.port", "socket://127.0.0.1:1", "--config.file", str(config))
+    assert both.returncode == 2 and "both given" in both.stderr

@@ -39,12 +39,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from support.dashboard import (
-    Target,
     all_values,
     dashboard_targets,
     grafana_builtins,
     grafana_regex_value,
-    has_data,
     load_dashboard,
     parse_label_values,
     query_variables,
@@ -55,8 +53,8 @@ from support.net import http_get
 from support.processes import Exporter
 from support.prometheus import (
     Prometheus,
-    QueryError,
     alert_key,
+    dashboard_problems,
     format_alerts,
     start_prometheus,
 )
@@ -93,19 +91,6 @@ MODULES_PER_BANK = 2
 CURRENTS = {"garage": -3.0, "shed": 2.0}
 
 GRAFANA_BUILTINS = grafana_builtins(SCRAPE_INTERVAL)
-
-#: Dashboard expressions that are legitimately empty on a healthy stack: where -> reason.
-#: They must still run without error, and must indeed be empty while healthy (anything
-#: else means the entry is stale and the expression belongs with the others).
-HEALTHY_EMPTY = {
-    "panel 27 'Protections (0x44 Status1)' target B": (
-        "lists only the protections that are active (`> 0`); none is on a healthy stack"
-    ),
-    "annotation 'Pylontech alerts'": (
-        "firing Pylontech alerts only; test_cell_drift_fires_the_imbalance_alerts checks "
-        "that it returns them once alerts fire"
-    ),
-}
 
 
 # --------------------------------------------------------------------------------------
@@ -309,19 +294,6 @@ def test_template_variables_resolve(env: Environment):
     assert chained["module"][0] == [str(p) for p in range(1, MODULES_PER_BANK + 1)]
 
 
-def run_target(env: Environment, target: Target, values: dict[str, str]) -> tuple[str, bool]:
-    """Run a dashboard target as Grafana would; (expr as sent, has data). Query errors
-    propagate as QueryError."""
-    expr = substitute(target.expr, values, GRAFANA_BUILTINS)
-    if target.instant:
-        return expr, has_data(env.prometheus.query(expr))
-    end = time.time()
-    ranged = env.prometheus.query_range(expr, end - 10, end, SCRAPE_INTERVAL)
-    # The range query is what Grafana draws; the instant query shows there is data now
-    # (not only in the last few seconds). Both must have some.
-    return expr, has_data(ranged) and has_data(env.prometheus.query(expr))
-
-
 @pytest.mark.parametrize("selection", ["all", "one bank and module"])
 def test_every_dashboard_expression_returns_data(env: Environment, selection: str):
     if selection == "all":
@@ -337,25 +309,7 @@ def test_every_dashboard_expression_returns_data(env: Environment, selection: st
 
         values = {**all_values(env.dashboard)}
         values.update({n: v for n, (_, v) in resolve_variables(env, pick).items()})
-    targets = dashboard_targets(env.dashboard)
-    wheres = {t.where for t in targets}
-    stale = sorted(set(HEALTHY_EMPTY) - wheres)
-    assert not stale, f"HEALTHY_EMPTY names targets the dashboard no longer has: {stale}"
-    problems = []
-    for target in targets:
-        try:
-            expr, data = run_target(env, target, values)
-        except QueryError as error:
-            problems.append(f"{target.where}: query failed: {error}\n    {target.expr}")
-            continue
-        if target.where in HEALTHY_EMPTY:
-            if data:
-                problems.append(
-                    f"{target.where}: listed in HEALTHY_EMPTY but returns data on a healthy "
-                    f"stack; drop the entry\n    {expr}"
-                )
-        elif not data:
-            problems.append(f"{target.where}: no data\n    {expr}")
+    problems = dashboard_problems(env.prometheus, env.dashboard, values, SCRAPE_INTERVAL)
     assert not problems, "\n".join(problems)
 
 

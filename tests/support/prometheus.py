@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from .dashboard import dashboard_targets, grafana_builtins, has_data, substitute
 from .net import free_port, http_get
 from .processes import Process
 from .rules import require_binary
@@ -39,6 +40,12 @@ class Prometheus:
     def query(self, expr: str) -> list[dict]:
         data = self.api("query", query=expr)
         assert data["resultType"] == "vector", f"{expr}: {data['resultType']} result"
+        return data["result"]
+
+    def samples(self, selector: str, seconds: int) -> list[dict]:
+        """The raw samples of ``selector`` over the last ``seconds`` (a range vector)."""
+        data = self.api("query", query=f"{selector}[{seconds}s]")
+        assert data["resultType"] == "matrix", f"{selector}: {data['resultType']} result"
         return data["result"]
 
     def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict]:
@@ -101,3 +108,56 @@ def start_prometheus(config: Path, tmp: Path) -> Prometheus:
         if "address already in use" not in process.output().lower():
             break
     pytest.fail(f"Prometheus did not become ready\n{process.describe()}")
+
+
+#: Dashboard expressions that are legitimately empty on a healthy stack: where -> reason.
+#: They must still run without error, and must indeed be empty while healthy (anything
+#: else means the entry is stale and the expression belongs with the others).
+HEALTHY_EMPTY = {
+    "panel 27 'Protections (0x44 Status1)' target B": (
+        "lists only the protections that are active (`> 0`); none is on a healthy stack"
+    ),
+    "annotation 'Pylontech alerts'": (
+        "firing Pylontech alerts only; test_cell_drift_fires_the_imbalance_alerts checks "
+        "that it returns them once alerts fire"
+    ),
+}
+
+
+def dashboard_problems(
+    prometheus: Prometheus,
+    dashboard: dict,
+    values: dict[str, str],
+    interval: float,
+    *,
+    healthy: bool = True,
+) -> list[str]:
+    """Every dashboard target run as Grafana runs it (range queries over the last 10 s
+    and an instant query) with the variables ``values``: what fails or has no data.
+    ``healthy``: the stack is known to be healthy, so HEALTHY_EMPTY must be empty (else
+    those only have to run)."""
+    builtins = grafana_builtins(interval)
+    targets = dashboard_targets(dashboard)
+    stale = sorted(set(HEALTHY_EMPTY) - {t.where for t in targets})
+    problems = (
+        [f"HEALTHY_EMPTY names targets the dashboard no longer has: {stale}"] if stale else []
+    )
+    for target in targets:
+        expr = substitute(target.expr, values, builtins)
+        try:
+            data = has_data(prometheus.query(expr))
+            if not target.instant:
+                end = time.time()
+                data = data and has_data(prometheus.query_range(expr, end - 10, end, interval))
+        except QueryError as error:
+            problems.append(f"{target.where}: query failed: {error}\n    {target.expr}")
+            continue
+        if target.where in HEALTHY_EMPTY:
+            if data and healthy:
+                problems.append(
+                    f"{target.where}: listed in HEALTHY_EMPTY but returns data on a healthy "
+                    f"stack; drop the entry\n    {expr}"
+                )
+        elif not data:
+            problems.append(f"{target.where}: no data\n    {expr}")
+    return problems
