@@ -94,6 +94,8 @@ class Poller:
             budget=deadline.when - start,
         )
 
-    def close(self) -> None:
-        for line in self.lines:
-            line.stop()
+    def close(self, wait: float = 1.0) -> None:
+        """Stop every line, waiting ``wait`` seconds at most for them to close."""
+        until = time.monotonic() + wait
+        for closer in [line.stop() for line in self.lines]:
+            closer.join(max(0.0, until - time.monotonic()))

@@ -15,6 +15,7 @@ banks come from the configuration only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import math
@@ -22,6 +23,7 @@ import socket
 import socketserver
 import ssl
 import sys
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +50,10 @@ HEALTHY_PATH = "/-/healthy"
 READY_PATH = "/-/ready"
 #: Largest scrape timeout taken from the header (seconds); larger values are capped.
 MAX_SCRAPE_TIMEOUT = 300.0
+#: Connections served at once; more are closed at once (each holds a thread and memory).
+MAX_CONNECTIONS = 64
+#: Bytes a request line and its headers may take in all (Prometheus sends about 300).
+MAX_HEADER_BYTES = 16 * 1024
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -128,6 +134,7 @@ class ExporterServer(ThreadingHTTPServer):
         request_timeout: float = REQUEST_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         host, port = address
         if host == "":
@@ -151,6 +158,9 @@ class ExporterServer(ThreadingHTTPServer):
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        #: Connections closed because all slots were taken (for tests and logs).
+        self.refused = 0
         try:
             super().__init__((host, port), Handler)
         except OSError:
@@ -165,8 +175,34 @@ class ExporterServer(ThreadingHTTPServer):
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, up to ``max_connections``; beyond, closed at once."""
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            log.debug("too many connections; closing one", extra=kv(client=client_address[0]))
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def get_request(self) -> tuple[Any, Any]:
-        connection, client = self.socket.accept()
+        try:
+            connection, client = self.socket.accept()
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of file descriptors: the listening socket stays readable, so
+                # accepting again at once would spin. Give the connections time to end.
+                time.sleep(0.1)
+            raise
         if self.ssl_context is not None:
             # The handshake happens in the connection's own thread (Handler.setup), so a
             # client that never finishes it blocks nobody.
@@ -201,6 +237,8 @@ class _DeadlineReader(io.RawIOBase):
     def __init__(self, connection: socket.socket) -> None:
         self.connection = connection
         self.deadline: float | None = None
+        #: Bytes still allowed (while a request line and headers are read), or None.
+        self.budget: int | None = None
 
     def readable(self) -> bool:
         return True
@@ -211,7 +249,18 @@ class _DeadlineReader(io.RawIOBase):
             if remaining <= 0:
                 raise TimeoutError("request not received in time")
             self.connection.settimeout(remaining)
-        return self.connection.recv_into(buffer)
+        if self.budget is None:
+            return self.connection.recv_into(buffer)
+        if self.budget <= 0:
+            raise _TooLarge("request line and headers too large")
+        view = memoryview(buffer)[: self.budget]
+        received = self.connection.recv_into(view)
+        self.budget -= received
+        return received
+
+
+class _TooLarge(OSError):
+    pass
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -253,6 +302,10 @@ class Handler(BaseHTTPRequestHandler):
         self._requests += 1
         wait = self.server.request_timeout if first else self.server.idle_timeout
         self._reader.deadline = time.monotonic() + wait
+        self._reader.budget = MAX_HEADER_BYTES
+        # What an error answer before parse_request needs.
+        self.command, self.requestline = "", ""
+        self.request_version = "HTTP/1.1"
         try:
             self.raw_requestline = self.rfile.readline(65537)
             if len(self.raw_requestline) > 65536:
@@ -264,7 +317,12 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return
-            self._reader.deadline = None
+            self._reader.deadline = self._reader.budget = None
+            if self.headers.get("Content-Length", "0").strip() not in ("", "0") or (
+                "Transfer-Encoding" in self.headers
+            ):
+                # A body nobody reads: never taken for the next request.
+                self.close_connection = True
             self.connection.settimeout(self.server.write_timeout)
             if self.command not in ALLOWED_METHODS:
                 self._not_allowed()
@@ -274,6 +332,10 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.do_GET()
             self.wfile.flush()
+        except _TooLarge:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
         except (TimeoutError, socket.timeout) as error:
             log.debug("request timed out", extra=kv(client=self.client_address[0], err=error))
             self.close_connection = True
@@ -305,7 +367,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         auth = self.server.auth
-        return auth is None or auth.check(self.headers.get("Authorization")) is not None
+        return (
+            auth is None
+            or auth.check(self.headers.get("Authorization"), client=self.client_address[0])
+            is not None
+        )
 
     def _serve(self, *, body: bool) -> None:
         url = urlsplit(self.path)

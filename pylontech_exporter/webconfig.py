@@ -7,7 +7,7 @@ file format of the Prometheus exporter-toolkit (shared by node_exporter and most
       client_auth_type: RequireAndVerifyClientCert
       client_ca_file: clients.crt    # or client_ca: <PEM text>
       client_allowed_sans: [prometheus.example.net]
-      min_version: TLS12             # TLS10 TLS11 TLS12 TLS13
+      min_version: TLS12             # TLS12 TLS13 (TLS 1.0 and 1.1 never negotiate)
       max_version: TLS13
       prefer_server_cipher_suites: true
     http_server_config:
@@ -37,16 +37,15 @@ import os
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError
 from .yamlfile import read_yaml
 
 TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
@@ -180,29 +179,47 @@ def _pem_file(path: str | None, text: str | None) -> Iterator[str]:
 
 
 class BasicAuth:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes. A successful check
-    is remembered (as a SHA-256 of user, password and hash, never the password), so
-    bcrypt's cost is paid once per credential, not per scrape. An unknown user costs a
-    bcrypt check too, at the cost of the configured hashes, so timing does not tell
-    which users exist."""
+    """Checks ``Authorization: Basic`` headers against bcrypt hashes.
+
+    - A successful check is remembered (as a SHA-256 of user, password and hash, never
+      the password), so bcrypt's cost is paid once per credential, not per scrape.
+    - An unknown user costs a bcrypt check too, at the cost of the configured hashes
+      (which must all be the same), so timing does not tell which users exist.
+    - One bcrypt check at a time, and a client with ``MAX_FAILURES`` failed attempts in
+      ``FAILURE_WINDOW`` seconds is refused without one: guessing uses one core at most,
+      and remembered credentials (Prometheus') never wait behind it.
+    - Passwords longer than 72 bytes are refused: bcrypt only uses the first 72 (bcrypt
+      4 cuts them silently, bcrypt 5 raises), so a longer one would match more than it
+      says.
+    """
 
     #: A hash of a random password, checked for unknown users (its cost is replaced).
     _DUMMY = b"$2b$10$eXldDHCTktn4O2wb6PiFleV.UZzgH4obML/rO1DPRu8MInHJ3G59a"
     #: Remembered successes (legitimate credentials only, so this stays tiny).
     MAX_CACHED = 256
+    #: bcrypt reads this many bytes of a password and no more.
+    MAX_PASSWORD_BYTES = 72
+    MAX_FAILURES = 10
+    FAILURE_WINDOW = 60.0
 
-    def __init__(self, users: dict[str, bytes]) -> None:
+    def __init__(
+        self, users: dict[str, bytes], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.users = dict(users)
-        # The dummy gets the highest cost configured ("$2y$12$..." -> 12): checking it
-        # takes as long as checking a real user's password.
-        costs = [int(h[4:6]) for h in self.users.values() if h[4:6].isdigit()]
+        # The dummy gets the cost configured ("$2y$12$..." -> 12): checking it takes as
+        # long as checking a real user's password.
+        costs = {int(h[4:6]) for h in self.users.values() if h[4:6].isdigit()}
         self._dummy = b"$2b$%02d$" % max(costs, default=10) + self._DUMMY[7:]
         self._ok: set[bytes] = set()
         self._lock = threading.Lock()
+        self._bcrypt = threading.Lock()
+        self._clock = clock
+        #: Per client address: times of its recent failed attempts.
+        self._failures: dict[str, list[float]] = {}
         #: bcrypt verifications done (for tests: proves the cache works).
         self.bcrypt_checks = 0
 
-    def check(self, header: str | None) -> str | None:
+    def check(self, header: str | None, client: str = "") -> str | None:
         """The user name when ``header`` carries valid credentials, else None."""
         if not header:
             return None
@@ -211,10 +228,10 @@ class BasicAuth:
             return None
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, UnicodeError, ValueError):  # also non-ASCII in the header
             return None
         user, sep, password = decoded.partition(":")
-        if not sep:
+        if not sep or len(password.encode()) > self.MAX_PASSWORD_BYTES or "\0" in password:
             return None
         hashed = self.users.get(user)
         token = hashlib.sha256(
@@ -223,16 +240,25 @@ class BasicAuth:
         with self._lock:
             if hashed is not None and token in self._ok:
                 return user
+            now = self._clock()
+            recent = [t for t in self._failures.get(client, []) if now - t < self.FAILURE_WINDOW]
+            self._failures[client] = recent
+            if len(recent) >= self.MAX_FAILURES:
+                return None  # guessing: refused without spending bcrypt on it
         import bcrypt
 
-        self.bcrypt_checks += 1
-        try:
-            good = bcrypt.checkpw(password.encode(), hashed or self._dummy)
-        except ValueError:  # a malformed hash; rejected at load, but be safe
-            good = False
-        if not good or hashed is None:
-            return None
+        with self._bcrypt:
+            self.bcrypt_checks += 1
+            try:
+                good = bcrypt.checkpw(password.encode(), hashed or self._dummy)
+            except ValueError:  # a malformed hash; rejected at load, but be safe
+                good = False
         with self._lock:
+            if not good or hashed is None:
+                self._failures.setdefault(client, []).append(self._clock())
+                if len(self._failures) > self.MAX_CACHED:  # many clients: forget the oldest
+                    self._failures.pop(next(iter(self._failures)))
+                return None
             if len(self._ok) >= self.MAX_CACHED:
                 self._ok.clear()
             self._ok.add(token)
@@ -344,6 +370,12 @@ def parse_web_config(document: Any, source: str, *, base_dir: str = "") -> WebCo
         if len(hashed) != 60:
             raise ConfigError(f"{where}: not a complete bcrypt hash (60 characters)")
         config.users[user] = hashed.encode()
+    costs = sorted({h[4:6].decode() for h in config.users.values()})
+    if len(costs) > 1:
+        raise ConfigError(
+            f"{source}: basic_auth_users: every hash must have the same bcrypt cost (found "
+            f"{', '.join(costs)}): else the time a check takes tells which users exist"
+        )
     return config
 
 
@@ -399,6 +431,11 @@ def _parse_tls(doc: dict[str, Any], source: str, base_dir: str = "") -> TLSSetti
         tls.client_allowed_sans = tuple(sans)
     for key in ("min_version", "max_version"):
         if key in doc:
+            if doc[key] in ("TLS10", "TLS11"):
+                raise ConfigError(
+                    f"{where}.{key}: {doc[key]} is not supported: OpenSSL here never "
+                    "negotiates TLS 1.0 or 1.1; use TLS12 or TLS13"
+                )
             if doc[key] not in TLS_VERSIONS:
                 raise ConfigError(
                     f"{where}.{key}: must be one of {', '.join(TLS_VERSIONS)}, got {doc[key]!r}"

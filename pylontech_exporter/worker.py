@@ -95,16 +95,23 @@ class LineWorker:
         """:meth:`submit` and wait."""
         return self.submit(deadline)()
 
-    def stop(self) -> None:
-        """Stop after the step in progress, without waiting for it."""
+    def stop(self) -> threading.Thread:
+        """Stop after the step in progress; the line closes on the thread returned (join
+        it for a while at most: a request in flight holds the line until its timeout,
+        and shutting down does not wait for that: the process's end closes the port)."""
         with self._lock:
             self._stopping = True
             if self._background is not None:
                 self._background.cut()
             self._lock.notify()
+        closer = threading.Thread(target=self._close, name=f"close {self.name}", daemon=True)
+        closer.start()
+        return closer
+
+    def _close(self) -> None:
         try:
             self.source.close()
-        except Exception:  # pragma: no cover - closing is best effort
+        except Exception:  # closing is best effort
             log.debug("closing the line failed", exc_info=True)
 
     def _run(self) -> None:

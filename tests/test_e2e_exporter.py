@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -357,3 +359,39 @@ def test_promtool_check_metrics_on_a_real_scrape(tcp):
     for line in text.splitlines():
         if line.startswith("pylontech_"):
             assert len(line.rsplit("} ", 1)[-1].split()) == 1, f"timestamp in {line!r}"
+
+
+def test_sigterm_ends_the_process_at_once_during_a_long_read():
+    """A scrape with a 60 s timeout waits on an answer that does not come; SIGTERM (what
+    systemd and docker send) ends the process without waiting for the read."""
+    stack = frozen_stack(modules=2, model="US3000C")
+    slave = Rs485Responder(stack)
+    held = threading.Event()
+    release = threading.Event()
+    handle = slave.handle
+
+    def hold(request: bytes):
+        held.set()
+        release.wait(120)
+        return handle(request)
+
+    with TcpSimulator(slave, latency=0) as tcp:
+        exporter = Exporter("--serial.port", tcp.url, "--serial.timeout", "30", "--cache.ttl", "0")
+        try:
+            slave.handle = hold  # type: ignore[method-assign]
+            threading.Thread(
+                target=lambda: exporter.get(
+                    "/metrics", {"X-Prometheus-Scrape-Timeout-Seconds": "60"}
+                ),
+                daemon=True,
+            ).start()
+            assert held.wait(10)
+            started = time.monotonic()
+            exporter.process.send_signal(signal.SIGTERM)
+            exporter.process.wait(10)
+            stopped = time.monotonic() - started
+        finally:
+            release.set()
+            exporter.stop()
+    assert exporter.process.returncode == 0
+    assert stopped < 3, f"took {stopped:.1f} s to stop"

@@ -174,7 +174,7 @@ def test_unknown_paths_are_404(exporter):
         (b"GARBAGE\r\n\r\n", b"400"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", b"400"),
         (b"GET /metrics HTTP/9.9\r\n\r\n", b"505"),
-        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"431"),  # over 16 KiB in all
         (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
         (b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", b"431"),
     ],
@@ -256,3 +256,55 @@ def test_idle_keep_alive_connection_is_closed_and_threads_come_back(exporter):
     for _ in range(30):
         raw(exporter, b"JUNK\r\n\r\n")
     assert wait_for(lambda: resources()["threads"] <= before, 5), (resources(), before)
+
+
+def test_a_get_with_a_body_is_not_read_as_a_second_request(exporter):
+    body = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = raw(
+        exporter,
+        b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+    )
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1
+
+
+def test_headers_larger_than_16_kib_in_all_are_refused(exporter):
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"x" * 4000) for i in range(8))
+    answer = raw(exporter, b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+def test_connections_beyond_the_cap_are_closed_at_once(stack):
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        InProcessExporter(bank(tcp.url), max_connections=4, request_timeout=5) as exporter,
+    ):
+        idle = [socket.create_connection(("127.0.0.1", exporter.server.port)) for _ in range(4)]
+        try:
+            assert wait_for(lambda: handler_threads() >= 4)
+            extra = socket.create_connection(("127.0.0.1", exporter.server.port), timeout=5)
+            assert extra.recv(100) == b""  # closed without an answer
+            extra.close()
+            assert exporter.server.refused >= 1
+        finally:
+            for conn in idle:
+                conn.close()
+        assert wait_for(lambda: handler_threads() == 0)
+        assert exporter.get("/-/healthy")[0] == 200  # slots are free again
+
+
+def test_concurrent_scrapes_of_one_snapshot_share_one_render(stack):
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        InProcessExporter(bank(tcp.url), cache_ttl=60) as exporter,
+    ):
+        results: list[int] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(exporter.get("/metrics")[0]))
+            for _ in range(100)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results == [200] * 100
+        assert exporter.server.exposition.renders == 1

@@ -35,7 +35,8 @@ def test_web_config_header_values_must_be_latin1():
         (TLS + "  client_auth_type: RequireAnyClientCert\n", "without verifying them"),
         (TLS + "  client_auth_type: Always\n", "must be one of NoClientCert"),
         (TLS + "  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),
-        (TLS + "  min_version: TLS14\n", "min_version: must be one of TLS10"),
+        (TLS + "  min_version: TLS14\n", "min_version: must be one of TLS12, TLS13"),
+        (TLS + "  min_version: TLS10\n", "never negotiates TLS 1.0 or 1.1"),
         (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "above max_version"),
         (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "cipher_suites is not supported"),
         ("tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /x.key\n", "does not"),
@@ -98,3 +99,54 @@ def test_unknown_users_cost_the_same_bcrypt_rounds_as_known_ones(cost, monkeypat
     assert auth.check(header) is None
     assert auth.check("Basic " + base64.b64encode(b"prometheus:pw").decode()) == "prometheus"
     assert [h[4:6] for h in checked] == [hashed[4:6]] * 2
+
+
+def _basic(user: bytes, password: bytes) -> str:
+    return "Basic " + base64.b64encode(user + b":" + password).decode()
+
+
+def test_hashes_of_different_costs_are_refused(pki, tmp_path):
+    low = bcrypt.hashpw(b"a", bcrypt.gensalt(4)).decode()
+    high = bcrypt.hashpw(b"b", bcrypt.gensalt(5)).decode()
+    with pytest.raises(ConfigError, match="same bcrypt cost \\(found 04, 05\\)"):
+        web(pki, tmp_path, f"basic_auth_users:\n  a: '{low}'\n  b: '{high}'\n")
+
+
+def test_odd_authorization_headers_are_refused_not_fatal():
+    from pylontech_exporter.webconfig import BasicAuth
+
+    auth = BasicAuth({"prometheus": bcrypt.hashpw(b"pw", bcrypt.gensalt(4))})
+    for header in (
+        "Basic \xe9\xe9\xe9",  # a non-ASCII byte, as http.server hands it (latin-1)
+        "Basic " + base64.b64encode("prometheus:p\xe9".encode("latin-1")).decode(),
+        _basic(b"prometheus", b"pw\x00"),
+        "Basic",
+        "",
+    ):
+        assert auth.check(header) is None
+
+
+def test_passwords_over_72_bytes_are_refused_whatever_bcrypt_does_with_them():
+    """bcrypt reads 72 bytes: a hash of the first 72 would accept any longer password
+    starting with them (bcrypt 4), or raise (bcrypt 5). Refused either way."""
+    from pylontech_exporter.webconfig import BasicAuth
+
+    password = b"p" * 72
+    auth = BasicAuth({"prometheus": bcrypt.hashpw(password, bcrypt.gensalt(4))})
+    assert auth.check(_basic(b"prometheus", password)) == "prometheus"
+    assert auth.check(_basic(b"prometheus", password + b"tail")) is None
+
+
+def test_a_guessing_client_is_refused_without_bcrypt_and_others_are_not():
+    from pylontech_exporter.webconfig import BasicAuth
+
+    now = [0.0]
+    auth = BasicAuth({"prometheus": bcrypt.hashpw(b"pw", bcrypt.gensalt(4))}, clock=lambda: now[0])
+    for attempt in range(BasicAuth.MAX_FAILURES):
+        assert auth.check(_basic(b"prometheus", b"guess%d" % attempt), "10.0.0.9") is None
+    checks = auth.bcrypt_checks
+    assert auth.check(_basic(b"prometheus", b"pw"), "10.0.0.9") is None  # even right: later
+    assert auth.bcrypt_checks == checks
+    assert auth.check(_basic(b"prometheus", b"pw"), "10.0.0.2") == "prometheus"
+    now[0] += BasicAuth.FAILURE_WINDOW
+    assert auth.check(_basic(b"prometheus", b"pw"), "10.0.0.9") == "prometheus"
