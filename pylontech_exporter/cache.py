@@ -22,6 +22,10 @@ from .snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 
+#: A scrape with less time than this reads nothing (not even one request fits).
+MIN_BUDGET = 0.05
+
+
 class _Flight:
     def __init__(self, deadline: Deadline) -> None:
         self.deadline = deadline
@@ -63,24 +67,30 @@ class SnapshotCache:
 
     def get(self, deadline: float) -> Snapshot:
         budget = deadline - self._clock()
-        with self._lock:
-            if self._serves(self._last, budget):
-                assert self._last is not None
-                return self._last
-            flight = self._flight
-            if flight is None:
-                flight = self._flight = _Flight(Deadline(deadline, self._clock))
-                self.reads += 1
-                # On a thread of its own: every scraper waits only as long as it may,
-                # the one that happened to start the read included.
-                threading.Thread(target=self._lead, args=(flight,), daemon=True).start()
-            else:
-                flight.deadline.extend(deadline)
-        if not flight.done.wait(timeout=max(0.0, deadline - self._clock())):
-            return self._unread("scrape deadline passed while waiting for the bus read")
-        if flight.result is None:
-            return self._unread("the bus read failed; see the exporter's log")
-        return flight.result
+        if budget < MIN_BUDGET:
+            return self._unread(f"a scrape timeout this short ({budget:.3f} s) reads nothing")
+        while True:
+            with self._lock:
+                if self._serves(self._last, budget):
+                    assert self._last is not None
+                    return self._last
+                flight = self._flight
+                late = flight is not None and flight.deadline.passed()
+                if flight is None:
+                    flight = self._flight = _Flight(Deadline(deadline, self._clock))
+                    self.reads += 1
+                    # On a thread of its own: every scraper waits only as long as it may,
+                    # the one that happened to start the read included.
+                    threading.Thread(target=self._lead, args=(flight,), daemon=True).start()
+                elif not late:
+                    flight.deadline.extend(deadline)
+            if not flight.done.wait(timeout=max(0.0, deadline - self._clock())):
+                return self._unread("scrape deadline passed while waiting for the bus read")
+            if late:
+                continue  # that read gave up before this scrape came: one of its own
+            if flight.result is None:
+                return self._unread("the bus read failed; see the exporter's log")
+            return flight.result
 
     def _lead(self, flight: _Flight) -> None:
         snapshot: Snapshot | None = None

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from typing import Any, TextIO
 
 LEVELS = {
@@ -45,15 +46,33 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields.update(getattr(record, "fields", None) or {})
     if record.exc_info and record.exc_info[1] is not None:
         fields["err"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        # The whole traceback, one field: a bug report needs where, not just what.
+        fields["stack"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
     return fields
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _logfmt_value(value: Any) -> str:
+    """A value as logfmt has it: bare when it can be, else quoted with every control
+    character escaped (a serial port's junk must not forge log lines or drive a
+    terminal)."""
     text = "" if value is None else str(value)
-    if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
+    if text and all(c.isprintable() and c not in ' ="\\' for c in text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    return '"' + "".join(_escape(c) for c in text) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):

@@ -22,6 +22,10 @@ from .worker import LineWorker, Source
 
 log = logging.getLogger(__name__)
 
+#: Lines give up this much before the scrape's deadline, so the snapshot assembled from
+#: what they have reaches the waiting scrapers before they stop waiting.
+HAND_ON_SECONDS = 0.05
+
 #: How each protocol reads a line: a source is one folder and one entry here.
 SOURCES: dict[str, Callable[[list[Bank]], Source]] = {
     "rs485": Rs485Source,
@@ -79,7 +83,8 @@ class Poller:
         start = self._clock()
         results: dict[str, BankReading] = {}
         # Every line gets the request at once; each answer is awaited until the deadline.
-        waits = [(line, line.submit(deadline)) for line in self.lines]
+        lines_deadline = deadline.before(HAND_ON_SECONDS)
+        waits = [(line, line.submit(lines_deadline)) for line in self.lines]
         for line, wait in waits:
             readings = wait()
             if readings is None:

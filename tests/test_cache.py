@@ -37,7 +37,7 @@ def test_cache_single_flight_and_waiter_deadline():
         thread.start()
     time.sleep(0.2)
     # A scrape with almost no time left does not wait for the read: nothing was read.
-    hurried = cache.get(time.monotonic() + 0.05)
+    hurried = cache.get(time.monotonic() + 0.1)
     assert hurried.banks[0].name.startswith("unread: scrape deadline passed")
     release.set()
     for thread in threads:
@@ -151,9 +151,35 @@ def test_a_read_cut_short_by_a_short_budget_is_not_served_to_a_longer_one():
         return Snapshot(banks=[bank], finished=now[0], budget=budget)
 
     cache = SnapshotCache(read, lambda e: _snapshot(e), ttl=5, clock=lambda: now[0])
-    short = cache.get(now[0] + 0.000001)
+    hopeless = cache.get(now[0] + 0.000001)  # not even one request fits: no read
+    assert hopeless.banks[0].name.startswith("a scrape timeout this short") and not budgets
+    short = cache.get(now[0] + 0.5)
     assert not short.complete
-    assert cache.get(now[0] + 0.000001) is short  # as short a budget: the same
+    assert cache.get(now[0] + 0.5) is short  # as short a budget: the same
     full = cache.get(now[0] + 9.5)  # Prometheus with 10 s: reads again
-    assert full.complete and budgets == pytest.approx([0.000001, 9.5])
-    assert cache.get(now[0] + 0.000001) is full  # a complete snapshot serves everybody
+    assert full.complete and budgets == pytest.approx([0.5, 9.5])
+    assert cache.get(now[0] + 0.5) is full  # a complete snapshot serves everybody
+
+
+def test_a_scrape_after_a_read_gave_up_gets_a_read_of_its_own():
+    """A read whose every waiter has gone is not joined: its deadline cannot move."""
+    first_may_finish = threading.Event()
+    deadlines: list[float] = []
+
+    def read(deadline: Deadline) -> Snapshot:
+        deadlines.append(deadline.when)
+        if len(deadlines) == 1:
+            first_may_finish.wait(5)
+            bank = BankReading(name="cut short", group=0, port="p", complete=False)
+            return Snapshot(banks=[bank], finished=time.monotonic(), budget=0.2)
+        return _snapshot("read")
+
+    cache = SnapshotCache(read, lambda e: _snapshot(f"unread: {e}"), ttl=10)
+    assert cache.get(time.monotonic() + 0.2).banks[0].name.startswith("unread: scrape deadline")
+    later: list[Snapshot] = []
+    waiter = threading.Thread(target=lambda: later.append(cache.get(time.monotonic() + 5)))
+    waiter.start()
+    first_may_finish.set()
+    waiter.join(5)
+    assert [s.banks[0].name for s in later] == ["read"] and cache.reads == 2
+    assert deadlines[1] > deadlines[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,116 @@ def test_real_process_pty_unplugged_and_replugged(tmp_path: Path):
             assert any("bank answers again" in line for line in exporter.lines)
     finally:
         pty.stop()
+
+
+# --- hostile clients, gateways and stacks ---------------------------------------------------
+
+
+def test_a_client_with_a_tiny_scrape_timeout_does_not_decide_what_prometheus_gets(stack):
+    """One request a second with a timeout header of 0.000001 s, and Prometheus with 10 s:
+    Prometheus gets complete readings every time (TTL 5 s and TTL 0)."""
+    for ttl in (5.0, 0.0):
+        with (
+            TcpSimulator(Rs485Responder(stack), latency=0.02) as tcp,
+            InProcessExporter(bank(tcp.url), cache_ttl=ttl) as exporter,
+        ):
+            for _ in range(3):
+                tiny = {"X-Prometheus-Scrape-Timeout-Seconds": "0.000001"}
+                assert exporter.get("/metrics", tiny)[0] == 200
+                samples = exporter.scrape(headers={"X-Prometheus-Scrape-Timeout-Seconds": "10"})
+                assert set(module_up(samples).values()) == {1.0}, ttl
+                assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
+            bank_reading = exporter.poller.banks[0]
+            assert bank_reading.failures["timeout"] == 0  # no deadline counted as a fault
+
+
+def test_an_unreachable_gateway_costs_the_other_line_nothing(stack):
+    """A gateway whose TCP connect hangs (its accept queue is full, SYNs are dropped):
+    the scrape still ends by its deadline, and the healthy line's bank is complete."""
+    black_hole = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = black_hole.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later connects hang
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        with (
+            TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+            InProcessExporter(
+                bank(tcp.url, name="ok"),
+                bank(f"socket://127.0.0.1:{port}", name="gone", timeout=1, modules=1),
+                ready=False,
+            ) as exporter,
+        ):
+            assert wait_for(lambda: exporter.poller.banks[0].settled)
+            samples = exporter.scrape(headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
+        assert samples[key("pylontech_up", bank="ok")] == 1.0
+        assert samples[key("pylontech_up", bank="gone")] == 0.0
+        assert set(module_up(samples, "ok").values()) == {1.0}
+    finally:
+        for filler in fillers:
+            filler.close()
+        black_hole.close()
+
+
+def test_a_different_stack_behind_the_same_gateway_is_not_served_under_this_ones_name():
+    first = frozen_stack(modules=2, model="US3000C", seed=1)
+    second = frozen_stack(modules=3, model="US2000C", seed=2)
+    tcp = TcpSimulator(Rs485Responder(first), latency=0).start()
+    port = tcp.port
+    try:
+        with InProcessExporter(bank(tcp.url)) as exporter:
+            exporter.scrape()
+            tcp.stop()
+            # The gateway is swapped for one with another stack behind it.
+            tcp = TcpSimulator(Rs485Responder(second), port=port, latency=0).start()
+            samples = exporter.scrape()
+            for module in first.modules:  # no reading under the old stack's identity
+                assert not [k for k in samples if ("serial_number", module.serial_number) in k[1]]
+            assert wait_for(
+                lambda: (
+                    exporter.poller.banks[0].settled and len(exporter.poller.banks[0].known) == 3
+                )
+            )
+            samples = exporter.scrape()
+            assert_readings_equal(readings(samples), expected_readings(second, "0", 0))
+    finally:
+        tcp.stop()
+
+
+def test_an_inflated_bank_answer_adds_no_phantom_module(stack):
+    """One bank-wide 0x42 listing 20 modules (checksum right), and one listing 5: no
+    module beyond the three is ever exported, and nothing stays down afterwards."""
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        InProcessExporter(bank(tcp.url)) as exporter,
+    ):
+        stack.faults.add("inflate", command=0x42, count=1)
+        samples = exporter.scrape()
+        assert (
+            samples[key("pylontech_serial_request_failures_total", bank="0", reason="implausible")]
+            == 1
+        )
+        stack.faults.add("inflate", command=0x42, size=5, count=1)
+        exporter.scrape()
+        for _ in range(3):
+            samples = exporter.scrape()
+            assert module_up(samples) == {1: 1.0, 2: 1.0, 3: 1.0}
+
+
+def test_values_no_module_reports_are_not_exported(stack):
+    stack.faults.add("implausible", address=0x02)
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+        InProcessExporter(bank(tcp.url)) as exporter,
+    ):
+        samples = exporter.scrape()
+    assert module_up(samples) == {1: 0.0, 2: 1.0, 3: 1.0}
+    assert not [
+        k for k in samples if k[0] == "pylontech_cell_voltage_volts" and ("module", "1") in k[1]
+    ]
+    assert (
+        samples[key("pylontech_serial_request_failures_total", bank="0", reason="implausible")] >= 1
+    )

@@ -480,7 +480,9 @@ class BankPayload(Generic[T]):
         when the module count does not match the data (as from firmwares that ignore FF)."""
         first = master_address(group)
         if len(info) > 1 and info[1] > MAX_MODULES_PER_GROUP:
-            raise PayloadError(f"a bank-wide answer of {info[1]} modules: a group has 16 at most")
+            raise ImplausibleReading(
+                f"a bank-wide answer of {info[1]} modules: a group has 16 at most"
+            )
         try:
             modules = _parse_whole(self.struct, info)["modules"]
             return [self._to_reading(m, first + i) for i, m in enumerate(modules)]

@@ -141,32 +141,39 @@ class BankReader:
 
     def _read(self, reading: BankReading, deadline: Deadline) -> None:
         bank = self.bank
-        self._check_identity()
-        if not bank.known:
+        if not self._same_stack() or not bank.known:
             return
         started = bank.clock()
         modules: dict[int, ModuleReading] = {}
         try:
             self._read_values(reading, modules)
+            if not self._same_stack():  # the port was reopened while reading
+                modules.clear()
+                return
             # Every known module was asked (a module cut off by the deadline was not).
             bank.answered({p for p, m in modules.items() if m.up})
             if modules:
                 self._read_alarms(modules)
                 self.needed = bank.clock() - started
                 self._read_management(modules, deadline)
+            if not self._same_stack():
+                modules.clear()
         finally:
             reading.modules = [modules[p] for p in sorted(modules)]
 
-    def _check_identity(self) -> None:
-        """After the port was (re)opened, the master must be the one this bank knows."""
+    def _same_stack(self) -> bool:
+        """Whether what the line answers is this bank's stack. After the port was
+        (re)opened (another gateway, a device path reused by another adapter), the
+        master's serial number must be the one this bank knows: until it is confirmed
+        nothing is served, and another one makes the bank start over."""
         transport = self.client.transport
         if transport.is_open and transport.generation == self._verified:
-            return
+            return True
         bank = self.bank
         known = bank.modules.get(1)
         if known is None or known.serial_number is None:
             self._verified = transport.generation  # nothing known yet that could differ
-            return
+            return True
         try:
             serial = self.client.probe(bank.address(1))
         except DeadlinePassed:
@@ -174,15 +181,17 @@ class BankReader:
         except PylontechError:
             serial = None
         if serial is None:
-            return  # nobody there: nothing is served, checked again next time
+            return False  # nobody there to confirm it: asked again next time
         self._verified = transport.generation
-        if serial.serial_number != known.serial_number:
-            bank.forget(
-                f"the master's serial number is {serial.serial_number}, "
-                f"not {known.serial_number}: another stack answers on this port"
-            )
-            for policy in self.policies.values():
-                policy.forget()
+        if serial.serial_number == known.serial_number:
+            return True
+        bank.forget(
+            f"the master's serial number is {serial.serial_number}, "
+            f"not {known.serial_number}: another stack answers on this port"
+        )
+        for policy in self.policies.values():
+            policy.forget()
+        return False
 
     def _try(self, command: str, position: int, call: Callable[[], T]) -> T | None:
         """``call()``, or None after a protocol error (logged); the outcome is recorded
@@ -359,7 +368,8 @@ class BankReader:
         """One step of background work; the seconds until the next is due, None when
         nothing is left for now. DeadlinePassed (a scrape wants the line) goes through."""
         bank = self.bank
-        self._check_identity()
+        if not self._same_stack():
+            return BACKGROUND_RETRY if bank.known else 0.0
         if self._probe_next is not None or bank.discovery_due():
             self._discovery_step()
             return 0.0

@@ -37,6 +37,8 @@ class FaultKind(str, enum.Enum):
     STALE = "stale"
     VANISH = "vanish"
     NOBANK = "nobank"
+    INFLATE = "inflate"
+    IMPLAUSIBLE = "implausible"
 
 
 FAULT_HELP = """\
@@ -54,6 +56,8 @@ fault SPEC is KIND[:KEY=VALUE,...]; integers may be hex (0x42). KINDS:
   stale          an old answer (the previous one) first, in the same write
   vanish         module=A is unplugged (silent, missing from bank answers)
   nobank         the master ignores FF: no answer to the bank-wide query
+  inflate        a bank-wide answer lists size=N modules (20), the last one repeated
+  implausible    an 0x42 answer reports cell 1 at 0xFFFF (-0.001 V), checksum right
 KEYS (filters and firing, all kinds): address=A, command=C (only requests to that
 address / with that CID2), count=N (fire N times, then never), p=P (probability per
 request, default 1). e.g. junk:p=0.02  drop:address=3,count=5  rtn:code=0x90,address=4"""
@@ -141,8 +145,12 @@ class FaultPlan:
 
 _JUNK_BYTES = bytes(b for b in range(256) if b not in b"~\r")
 
-#: Faults that change how the answer looks on the wire (everything but vanish, nobank).
-WIRE_FAULTS = frozenset(FaultKind) - {FaultKind.VANISH, FaultKind.NOBANK}
+#: Faults that change what the answer says (the responder builds it so).
+CONTENT_FAULTS = frozenset(
+    {FaultKind.VANISH, FaultKind.NOBANK, FaultKind.INFLATE, FaultKind.IMPLAUSIBLE}
+)
+#: Faults that change how the answer looks on the wire.
+WIRE_FAULTS = frozenset(FaultKind) - CONTENT_FAULTS
 
 
 def _reseal(body: bytes) -> bytes:

@@ -34,9 +34,10 @@ docs/simulator.md, which also lists what is our best guess):
 from __future__ import annotations
 
 import binascii
+import dataclasses
 from typing import Any, Callable
 
-from ..models import ModuleAlarms, master_address
+from ..models import ModuleAlarms, ModuleValues, master_address
 from ..rs485 import commands
 from ..rs485.frame import (
     CID1_BATTERY,
@@ -57,6 +58,10 @@ from .responder import SILENCE, Reply
 
 _VANISH = frozenset({FaultKind.VANISH})
 _NOBANK = frozenset({FaultKind.NOBANK})
+_INFLATE = frozenset({FaultKind.INFLATE})
+_IMPLAUSIBLE = frozenset({FaultKind.IMPLAUSIBLE})
+#: Modules an ``inflate`` fault lists when it says no number.
+INFLATED = 20
 #: INFOFLAG bits: an alarm change, a switch change not yet read by 0x44.
 ALARM_CHANGED = 0x10
 SWITCH_CHANGED = 0x01
@@ -191,6 +196,8 @@ class Rs485Responder:
         spec = commands.COMMANDS[command]
         reading = _READINGS[command](module)
         if command == Command.ANALOG_VALUES:
+            if self.stack.faults.draw(module.address, command, _IMPLAUSIBLE):
+                reading = _implausible(reading)
             return spec.build(reading, info_flag=self._flag(module))
         if command == Command.ALARM_INFO:
             flag = self._flag(module) & ALARM_CHANGED
@@ -211,12 +218,17 @@ class Rs485Responder:
         ):
             return None  # the firmware ignores FF
         members = [m for m in stack.group_modules(group) if m.address not in vanished]
+        inflated = stack.faults.draw(req.address, req.command, _INFLATE)
+        if inflated and members:
+            count = inflated[0].size or INFLATED
+            members += [members[-1]] * (count - len(members))
         spec = commands.COMMANDS[req.command]
         assert spec.bank_answer is not None
         if req.command == Command.ANALOG_VALUES:
-            payload = spec.bank_answer.build(
-                [m.values() for m in members], info_flag=BANK_VALUES_FLAG
-            )
+            values = [m.values() for m in members]
+            if values and stack.faults.draw(req.address, req.command, _IMPLAUSIBLE):
+                values[0] = _implausible(values[0])
+            payload = spec.bank_answer.build(values, info_flag=BANK_VALUES_FLAG)
         else:
             flag = max((self._flag(m) & ALARM_CHANGED for m in members), default=0)
             alarms = [m.alarms() for m in members]
@@ -272,6 +284,11 @@ class Rs485Responder:
         self.last_reply = clean
         delay = sum(f.seconds for f in fired if f.kind is FaultKind.DELAY)
         return Reply(data, delay)
+
+
+def _implausible(values: ModuleValues) -> ModuleValues:
+    """``values`` with cell 1 at 0xFFFF on the wire (-0.001 V): no module reports it."""
+    return dataclasses.replace(values, cell_voltages=(-0.001, *values.cell_voltages[1:]))
 
 
 def _ok(module: VirtualModule, req: _Request, payload: bytes) -> Frame:
