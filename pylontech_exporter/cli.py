@@ -159,6 +159,7 @@ def build_parser(command: str | None = None) -> Parser:
     }
     epilog = (
         "commands:\n  scan    find the modules on the bus\n  dump    print one snapshot\n"
+        "  assets  write the dashboard, rules and deploy files to a directory\n"
         f"\nEvery flag --a.b-c can also be set as environment variable {ENV_PREFIX}A_B_C."
         if command is None
         else f"Every flag --a.b-c can also be set as environment variable {ENV_PREFIX}A_B_C."
@@ -723,6 +724,10 @@ def dump(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["assets"]:  # files, not batteries: none of the flags below apply
+        from .assets import main as assets
+
+        return assets(argv[1:], Parser(prog=f"{PROG} assets"))
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     if args.command is None:
