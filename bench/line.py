@@ -10,16 +10,22 @@ here, around the stack (the simulator itself is unchanged):
   latency, so that the first byte comes ``latency`` after the request's last byte, as the
   floor assumes, whatever this machine's speed.
 
-Every exchange is recorded (request and answer sizes), which gives the floor of a read
-computed from the actual frames.
+Every exchange is recorded (when, request and answer sizes, address and command), which
+gives the floor of a read computed from the actual frames, and what was on the wire
+during a scrape.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from pylontech_exporter.rs485.frame import encode_request
 from pylontech_exporter.simulator import (
     BatteryStack,
     PtySimulator,
@@ -28,21 +34,34 @@ from pylontech_exporter.simulator import (
     TcpSimulator,
 )
 
+#: The module model of every benchmark stack: 16 cells, 6 temperatures, 3-byte capacities.
+MODEL = "US5000-16S"
+#: Seconds from a request's last byte to the answer's first, as measured on real modules.
+LATENCY = 0.07
+
 
 @dataclass
 class Exchange:
-    """One answered request: sizes on the wire, and what was asked of whom."""
+    """One answered request: when its answer was due to start (time.monotonic()), sizes
+    on the wire, and what was asked of whom."""
 
+    at: float
     request: int
     response: int
     address: int
     command: int
+    info: bytes = b""
+
+    def describe(self) -> str:
+        """``42@12 FF`` style: command, address, bank-wide marker."""
+        target = "FF" if self.info[:2] == b"FF" else ""
+        return f"{self.command:02X}@{self.address:02X}{' ' + target if target else ''}"
 
 
 @dataclass
 class Line:
     """Wraps the RS485 responder's ``handle`` and ``stack.sync`` of a stack served by
-    ``server``."""
+    ``serve_pty``/``serve_tcp``."""
 
     stack: BatteryStack
     baudrate: int | None = None
@@ -78,13 +97,19 @@ class Line:
         self._server.latency = latency
 
     def reset(self) -> list[Exchange]:
+        """The exchanges recorded so far; the record starts again empty."""
         with self._lock:
             done, self.exchanges = self.exchanges, []
         return done
 
-    def floor(self, exchanges: list[Exchange] | None = None) -> float:
-        """Seconds the recorded exchanges need at least on this line."""
-        exchanges = self.exchanges if exchanges is None else exchanges
+    def between(self, start: float, end: float) -> list[Exchange]:
+        """The recorded exchanges that began within [start, end] (time.monotonic())."""
+        with self._lock:
+            return [e for e in self.exchanges if start <= e.at <= end]
+
+    def floor(self, exchanges: Iterable[Exchange] | None = None) -> float:
+        """Seconds the exchanges (default: those recorded) need at least on this line."""
+        exchanges = list(self.exchanges if exchanges is None else exchanges)
         assert self.baudrate
         wire = sum(e.request + e.response for e in exchanges) * 10 / self.baudrate
         return wire + self.latency * len(exchanges)
@@ -98,14 +123,84 @@ class Line:
         reply = self._handle(request)
         if reply.data is None:
             return reply
+        start = sent.rfind(b"~")
+        exchange = Exchange(
+            at=self._started,
+            request=len(sent),
+            response=len(reply.data),
+            address=int(sent[start + 3 : start + 5], 16),
+            command=int(sent[start + 7 : start + 9], 16),
+            info=bytes(sent[start + 13 : -5]),
+        )
         with self._lock:
-            start = sent.rfind(b"~")
-            address = int(sent[start + 3 : start + 5], 16)
-            command = int(sent[start + 7 : start + 9], 16)
-            self.exchanges.append(Exchange(len(sent), len(reply.data), address, command))
+            self.exchanges.append(exchange)
         on_wire = len(sent) * 10 / self.baudrate if self.baudrate else 0.0
         spent = time.monotonic() - self._started
         return Reply(reply.data, max(-self.latency, reply.delay + on_wire - spent))
 
 
-__all__ = ["Exchange", "Line"]
+def make_stack(modules: int, groups: int) -> BatteryStack:
+    """The benchmark stack: ``modules`` x MODEL per group, values held still."""
+    stack = BatteryStack(modules=modules, groups=groups, model=MODEL, seed=modules * 10 + groups)
+    stack.freeze()
+    return stack
+
+
+@contextlib.contextmanager
+def simulated(
+    modules: int,
+    groups: int,
+    *,
+    baudrate: int | None = 115200,
+    latency: float = 0.0,
+    tcp: bool = False,
+) -> Iterator[tuple[Line, str]]:
+    """A stack of ``modules`` x ``groups`` on a fresh pty (or TCP gateway): (line, port:
+    the pty's path or a ``socket://`` URL). Unpaced, a 2 KB answer can overflow the pty
+    buffer before the client reads it and the simulator drops what does not fit: keep a
+    baud rate."""
+    line = Line(make_stack(modules, groups), baudrate=baudrate, latency=latency)
+    if tcp:
+        with line.serve_tcp() as server:
+            yield line, server.url
+        return
+    with tempfile.TemporaryDirectory(prefix="pylontech-bench-") as folder:
+        link = os.path.join(folder, "battery")
+        with line.serve_pty(link):
+            yield line, link
+
+
+def wire_floor(
+    stack: BatteryStack, baudrate: int, latency: float, requests: Iterable[tuple[int, int, bytes]]
+) -> float:
+    """Seconds ``requests`` ((address, command, info)) need at least on a line: their
+    frames and the simulator's answers, at ``baudrate``, plus ``latency`` each."""
+    responder = Rs485Responder(stack)
+    total = 0.0
+    for address, command, info in requests:
+        request = encode_request(address, command, info)
+        answer = responder.respond(request)
+        size = len(request) + (len(answer) if answer else 0)
+        total += size * 10 / baudrate + latency
+    return total
+
+
+def values_and_alarms(stack: BatteryStack) -> list[tuple[int, int, bytes]]:
+    """The requests for every module's analog values and alarms: bank-wide per group."""
+    return [
+        (0x02 + 0x10 * group, command, b"\xff")
+        for group in stack.groups
+        for command in (0x42, 0x44)
+    ]
+
+
+__all__ = [
+    "LATENCY",
+    "MODEL",
+    "Exchange",
+    "Line",
+    "make_stack",
+    "simulated",
+    "values_and_alarms",
+    "wire_floor",
+]
