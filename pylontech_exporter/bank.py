@@ -101,6 +101,9 @@ class Bank:
         self.answering: set[int] = set()
         self.requests = 0
         self.failures: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
+        #: Whether the source reads static data itself (a listener only hears what
+        #: another master asks): settled then waits for it.
+        self.reads_static = True
         #: The last protocol error seen in this read, for messages.
         self.last_error: str | None = None
         self._was_up: bool | None = None
@@ -124,7 +127,7 @@ class Bank:
         nothing answered is settled too: there is nothing more to know until it does)."""
         if self.discovering or self.discovery_reason == "start":
             return False
-        if not self.modules:
+        if not self.modules or not self.reads_static:
             return True
         return self.bank_static_at is not None and all(
             m.static_at is not None for m in self.modules.values()

@@ -24,6 +24,7 @@ from ._version import __version__
 from .config import (
     DEFAULT_BAUDRATE,
     DEFAULT_COMMAND_GAP,
+    DEFAULT_LISTEN_MAX_AGE,
     DEFAULT_TIMEOUT,
     Config,
     banks_from_flags,
@@ -149,6 +150,8 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> Parser:
     """The parser of ``command`` (None: the exporter itself)."""
+    from .simulator.inverter import PROFILES as INVERTER_PROFILES
+
     prog = PROG if command is None else f"{PROG} {command}"
     descriptions = {
         None: "Prometheus exporter for Pylontech low-voltage batteries (RS485 protocol V3.3). "
@@ -218,6 +221,22 @@ def build_parser(command: str | None = None) -> Parser:
         help="modules per group on --serial.port, skipping discovery (default: discover)",
     )
     source.add_argument(
+        "--serial.listen-only",
+        dest="serial_listen_only",
+        action="store_true",
+        help="another device (an inverter) is the RS485 master: listen to its polling "
+        "and decode the answers, never send a byte",
+    )
+    source.add_argument(
+        "--listen.max-age",
+        dest="listen_max_age",
+        type=_number("a number of seconds 1..3600", float, lambda v: 1 <= v <= 3600),
+        default=DEFAULT_LISTEN_MAX_AGE,
+        metavar="SECONDS",
+        help="listen-only: export what was heard this recently, a module not heard for "
+        "longer is down (default %(default)s: three poll cycles of a slow inverter)",
+    )
+    source.add_argument(
         "--config.file",
         dest="config_file",
         metavar="FILE",
@@ -228,6 +247,15 @@ def build_parser(command: str | None = None) -> Parser:
         dest="simulate",
         action="store_true",
         help="read a built-in virtual battery stack instead of real batteries",
+    )
+    source.add_argument(
+        "--simulate.inverter",
+        dest="simulate_inverter",
+        type=_choice("profile", list(INVERTER_PROFILES)),
+        default="full",
+        metavar="PROFILE",
+        help="with --serial.listen-only: how the virtual inverter polls the virtual stack, "
+        f"one of {', '.join(INVERTER_PROFILES)} (default %(default)s)",
     )
     source.add_argument(
         "--simulate.modules",
@@ -289,7 +317,16 @@ def build_parser(command: str | None = None) -> Parser:
             help="finish this long before Prometheus' scrape timeout; default: the measured "
             "time to render the metrics plus 50 ms (about 0.1 s)",
         )
-    elif command == "scan":
+    else:
+        parser.add_argument(
+            "--listen.duration",
+            dest="listen_duration",
+            type=positive_seconds,
+            default=10.0,
+            metavar="SECONDS",
+            help="with --serial.listen-only: how long to listen (default %(default)s)",
+        )
+    if command == "scan":
         parser.add_argument(
             "--scan.timeout",
             dest="scan_timeout",
@@ -406,6 +443,8 @@ def build_config(args: argparse.Namespace) -> Config:
         baudrate=args.serial_baudrate,
         timeout=args.serial_timeout,
         command_gap=args.serial_command_gap,
+        listen_only=args.serial_listen_only,
+        listen_max_age=args.listen_max_age,
     )
     if args.config_file:
         return load_config(args.config_file, **settings)
@@ -430,6 +469,8 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Config, bool]]:
             groups=list(dict.fromkeys(args.group)),
             modules=args.simulate_modules,
             timeout=args.serial_timeout,
+            inverter=args.simulate_inverter if args.serial_listen_only else None,
+            listen_max_age=args.listen_max_age,
         ) as config:
             yield config, True
         return
@@ -674,6 +715,37 @@ def _scan_port(
             found[index] = (port, address, serial_number, firmware)
 
 
+def _listen_port(port: str, serial: Any, duration: float, found: list[Any]) -> None:
+    """Listen to ``port`` for ``duration`` seconds (every group) and add each module
+    heard to ``found``."""
+    import dataclasses
+
+    from .config import BankConfig
+    from .poller import Poller
+
+    print(
+        f"listening to {port} at {serial.baudrate} baud for {duration:g} s; nothing is sent "
+        "(Ctrl-C stops and lists what was heard)",
+        file=sys.stderr,
+    )
+    listening = dataclasses.replace(serial, listen_max_age=max(duration, 1.0))
+    banks = [BankConfig(name=str(group), serial=listening, group=group) for group in range(8)]
+    poller = Poller(banks)
+    # Every group is listened to, and most are silent: that is no news here.
+    logging.getLogger("pylontech_exporter.bank").setLevel(logging.ERROR)
+    try:
+        poller.start()
+        time.sleep(duration)
+    finally:
+        snapshot = poller.read(time.monotonic() + 1.0)
+        poller.close()
+        for bank in snapshot.banks:
+            for module in bank.modules:
+                if module.up or module.serial_number:
+                    firmware = module.software_version or "? (not polled by the master)"
+                    found.append((port, module.address, module.serial_number or "?", firmware))
+
+
 def scan(args: argparse.Namespace) -> int:
     with open_source(args) as (config, _simulated):
         ports: dict[str, tuple[Any, list[int]]] = {}
@@ -682,6 +754,9 @@ def scan(args: argparse.Namespace) -> int:
         rows: list[tuple[str, int, str, str]] = []
         try:
             for port, (serial, groups) in ports.items():
+                if serial.listen_only:
+                    _listen_port(port, serial, args.listen_duration, rows)
+                    continue
                 _scan_port(port, serial, _ranges(args, groups), args.scan_timeout, rows)
         except KeyboardInterrupt:
             print(f"{PROG} scan: interrupted; found so far:", file=sys.stderr)
@@ -707,13 +782,25 @@ def dump(args: argparse.Namespace) -> int:
 
     with open_source(args) as (config, _simulated):
         poller = Poller(config.banks)
-        deadline = time.monotonic() + args.dump_timeout
+        started = time.monotonic()
+        deadline = started + args.dump_timeout
+        listening = [b for b in config.banks if b.serial.listen_only]
+        if listening:
+            deadline = max(deadline, started + args.listen_duration + 5.0)
+            print(
+                f"listening to {', '.join(dict.fromkeys(b.port for b in listening))} for "
+                f"{args.listen_duration:g} s; nothing is sent",
+                file=sys.stderr,
+            )
         try:
-            # Discovery and the static data first (as an exporter does at start), then
-            # one snapshot like a scrape, all within --dump.timeout.
+            # Discovery and the static data first (as an exporter does at start), or the
+            # listening time, then one snapshot like a scrape, all within --dump.timeout.
             poller.start()
-            learnt = deadline - min(10.0, args.dump_timeout / 2)  # the rest for the read
-            while not all(b.settled for b in poller.banks) and time.monotonic() < learnt:
+            heard = started + (args.listen_duration if listening else 0.0)
+            learnt = max(deadline - min(10.0, args.dump_timeout / 2), heard)  # then the read
+            while time.monotonic() < learnt and (
+                time.monotonic() < heard or not all(b.settled for b in poller.banks)
+            ):
                 time.sleep(0.05)
             snapshot = poller.read(deadline)
         finally:

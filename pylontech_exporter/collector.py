@@ -157,6 +157,59 @@ class HealthCollector(_Part):
         return [up, module_up, discovering, success, read_at, duration, requests, failures, build]
 
 
+class ListenCollector(_Part):
+    """What the line of a listen-only bank carries (another master's polling); nothing
+    for the banks this exporter polls itself::
+
+    # TYPE pylontech_listen_frames_total counter
+    pylontech_listen_frames_total{bank="0",kind="request"} 1200.0
+    pylontech_listen_frames_total{bank="0",kind="answer"} 1198.0
+    # TYPE pylontech_listen_decode_failures_total counter
+    pylontech_listen_decode_failures_total{bank="0",reason="checksum"} 2.0
+    # TYPE pylontech_listen_unanswered_requests_total counter
+    pylontech_listen_unanswered_requests_total{bank="0"} 2.0
+    # TYPE pylontech_listen_poll_period_seconds gauge
+    pylontech_listen_poll_period_seconds{bank="0",command="values"} 1.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        frames = CounterMetricFamily(
+            "pylontech_listen_frames",
+            "Frames heard on the line of a listen-only bank, by kind (request, answer, "
+            "error_answer)",
+            labels=["bank", "kind"],
+        )
+        failures = CounterMetricFamily(
+            "pylontech_listen_decode_failures",
+            "Frames heard that could not be used, by reason (checksum, frame, implausible, "
+            "payload, orphan: an answer whose request was not heard, unknown_command)",
+            labels=["bank", "reason"],
+        )
+        unanswered = CounterMetricFamily(
+            "pylontech_listen_unanswered_requests",
+            "Requests of the bus master that got no answer",
+            labels=["bank"],
+        )
+        period = GaugeMetricFamily(
+            "pylontech_listen_poll_period_seconds",
+            "Seconds between the bus master's requests of this command to one module "
+            "(median of the last 16)",
+            labels=["bank", "command"],
+        )
+        for bank in snapshot.banks:
+            heard = bank.listen
+            if heard is None:
+                continue
+            for kind, count in sorted(heard.frames.items()):
+                frames.add_metric([bank.name, kind], count)
+            for reason, count in sorted(heard.decode_failures.items()):
+                failures.add_metric([bank.name, reason], count)
+            unanswered.add_metric([bank.name], heard.unanswered)
+            for command, seconds in sorted(heard.poll_periods.items()):
+                period.add_metric([bank.name, command], seconds)
+        return [frames, failures, unanswered, period]
+
+
 class ReadingsCollector(_Part):
     """Analog values (command 0x42) of every module read in this scrape::
 
@@ -492,6 +545,7 @@ class PylontechCollector(Collector):
         self._get_snapshot = get_snapshot
         self.parts: list[_Part] = [
             HealthCollector(ttl),
+            ListenCollector(ttl),
             ReadingsCollector(ttl),
             AlarmsCollector(ttl),
             ManagementCollector(ttl),

@@ -16,6 +16,8 @@ YAML schema (``--config.file``)::
         command_gap: 0.0      # pause between requests; default: --serial.command-gap
         modules: 3            # fixed module count: skips discovery; default: discover
         bank_query: auto      # auto | on | off: bank-wide (FF) reads of 0x42/0x44
+        listen_only: false    # true: an inverter is the master; listen, never send
+        listen_max_age: 30    # listen-only: readings older than this are not exported
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ MAX_BAUDRATE = 4_000_000
 #: Longer waits are a typo, not a setting: a scrape would never end in time.
 MAX_TIMEOUT = 60.0
 MAX_COMMAND_GAP = 10.0
+#: Listen-only: a reading heard longer ago than this is not exported. Inverters poll
+#: every 1 to 10 s; 30 s is three cycles of the slowest, so one lost answer or two do
+#: not take a module down, yet a silent bus shows within half a minute.
+DEFAULT_LISTEN_MAX_AGE = 30.0
+MAX_LISTEN_MAX_AGE = 3600.0
 #: The URL schemes a port may have (a path has none).
 URL_SCHEMES = ("socket", "rfc2217")
 
@@ -60,8 +67,17 @@ class SerialSettings:
     baudrate: int = DEFAULT_BAUDRATE
     timeout: float = DEFAULT_TIMEOUT
     command_gap: float = DEFAULT_COMMAND_GAP
-    #: Which source reads the line (a key of ``poller.SOURCES``).
+    #: Which protocol the line speaks.
     protocol: str = "rs485"
+    #: Another device is the bus master: listen, never send.
+    listen_only: bool = False
+    #: Listen-only: seconds a reading heard stays exported.
+    listen_max_age: float = DEFAULT_LISTEN_MAX_AGE
+
+    @property
+    def source(self) -> str:
+        """Which source reads the line (a key of ``poller.SOURCES``)."""
+        return f"{self.protocol}-listen" if self.listen_only else self.protocol
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,16 @@ def _check_bank_query(value: Any, where: str) -> str:
     return str(value)
 
 
+def _check_max_age(value: Any, where: str) -> float:
+    return check_seconds(value, where, allow_zero=False, maximum=MAX_LISTEN_MAX_AGE)
+
+
+def check_listen_only(value: Any, where: str = "listen_only") -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: must be true or false, got {shown(value)}")
+    return value
+
+
 def _check_name(value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
         raise ConfigError(f"{where}: must be a non-empty string, got {shown(value)}")
@@ -172,6 +198,8 @@ _BANK_KEYS = (
     "command_gap",
     "modules",
     "bank_query",
+    "listen_only",
+    "listen_max_age",
 )
 
 
@@ -196,8 +224,14 @@ def check_banks(banks: list[BankConfig], source: str) -> list[BankConfig]:
         other = per_port.setdefault(bank.port, bank.serial)
         if other != bank.serial:
             raise ConfigError(
-                f"{source}: banks on port {bank.port} disagree on baudrate/timeout/command_gap; "
-                "banks sharing a port share one connection, give them the same settings"
+                f"{source}: banks on port {bank.port} disagree on baudrate/timeout/"
+                "command_gap/listen_only/listen_max_age; banks sharing a port share one "
+                "connection, give them the same settings"
+            )
+        if bank.serial.listen_only and bank.serial.protocol != "rs485":
+            raise ConfigError(
+                f"{source}: bank {bank.name}: listen-only works on the RS485 protocol "
+                f"only, not {bank.serial.protocol}"
             )
     return banks
 
@@ -210,6 +244,8 @@ def banks_from_flags(
     timeout: float = DEFAULT_TIMEOUT,
     command_gap: float = DEFAULT_COMMAND_GAP,
     modules: int | None = None,
+    listen_only: bool = False,
+    listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
 ) -> Config:
     """The banks ``--serial.port`` and ``--group`` describe: one per group, named by it,
     each with ``modules`` modules (None: discover)."""
@@ -220,6 +256,8 @@ def banks_from_flags(
         command_gap=check_seconds(
             command_gap, "--serial.command-gap", allow_zero=True, maximum=MAX_COMMAND_GAP
         ),
+        listen_only=listen_only,
+        listen_max_age=_check_max_age(listen_max_age, "--listen.max-age"),
     )
     banks = [
         BankConfig(
@@ -239,11 +277,21 @@ def load_config(
     baudrate: int = DEFAULT_BAUDRATE,
     timeout: float = DEFAULT_TIMEOUT,
     command_gap: float = DEFAULT_COMMAND_GAP,
+    listen_only: bool = False,
+    listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
 ) -> Config:
     """Read and check a YAML config file. The keyword arguments are the defaults for
     banks that leave the setting out (the values of the ``--serial.*`` flags)."""
     document = read_yaml(path, "config file")
-    return parse_config(document, path, baudrate=baudrate, timeout=timeout, command_gap=command_gap)
+    return parse_config(
+        document,
+        path,
+        baudrate=baudrate,
+        timeout=timeout,
+        command_gap=command_gap,
+        listen_only=listen_only,
+        listen_max_age=listen_max_age,
+    )
 
 
 def parse_config(
@@ -253,6 +301,8 @@ def parse_config(
     baudrate: int = DEFAULT_BAUDRATE,
     timeout: float = DEFAULT_TIMEOUT,
     command_gap: float = DEFAULT_COMMAND_GAP,
+    listen_only: bool = False,
+    listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
 ) -> Config:
     """Check a parsed YAML document (see the module docstring for the schema)."""
     if not isinstance(document, dict):
@@ -290,6 +340,12 @@ def parse_config(
                 f"{where}.command_gap",
                 allow_zero=True,
                 maximum=MAX_COMMAND_GAP,
+            ),
+            listen_only=check_listen_only(
+                entry.get("listen_only", listen_only), f"{where}.listen_only"
+            ),
+            listen_max_age=_check_max_age(
+                entry.get("listen_max_age", listen_max_age), f"{where}.listen_max_age"
             ),
         )
         banks.append(

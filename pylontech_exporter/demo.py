@@ -2,7 +2,9 @@
 
 The stack (US3000C-like modules, values moving with the wall clock) is served on a TCP
 port on 127.0.0.1 chosen by the OS, and the exporter reads it through the ordinary
-client over ``socket://``, so everything but the cable is the real code path.
+client over ``socket://``, so everything but the cable is the real code path. With an
+inverter profile, a virtual inverter polls the stack through that broadcast gateway and
+the exporter only listens (``--serial.listen-only``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from .config import BankConfig, Config, SerialSettings
+from .config import DEFAULT_LISTEN_MAX_AGE, BankConfig, Config, SerialSettings
 from .logging_setup import kv
 
 log = logging.getLogger(__name__)
@@ -28,18 +30,28 @@ def simulated_config(
     *,
     timeout: float = 1.0,
     latency: float = SIMULATED_LATENCY,
+    inverter: str | None = None,
+    listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
 ) -> Iterator[Config]:
     """Start a virtual stack of ``modules`` modules in each of ``groups`` (default
-    ``[0]``) and yield a config whose banks read it; stop it on exit."""
+    ``[0]``) and yield a config whose banks read it; stop it on exit. ``inverter`` names
+    a poll profile: a virtual inverter is the master and the banks only listen."""
     from .simulator import BatteryStack, Rs485Responder
+    from .simulator.inverter import Inverter, get_profile
     from .simulator.serve import serve_tcp
 
     groups = groups or [0]
     stack = BatteryStack(modules=modules, groups=groups, model=SIMULATED_MODEL)
     stack.follow_clock()
-    server = serve_tcp(Rs485Responder(stack), "127.0.0.1", 0, latency=latency)
+    master = Inverter(stack, get_profile(inverter)) if inverter else None
+    server = serve_tcp(Rs485Responder(stack), "127.0.0.1", 0, latency=latency, inverter=master)
     try:
-        serial = SerialSettings(port=server.url, timeout=timeout)
+        serial = SerialSettings(
+            port=server.url,
+            timeout=timeout,
+            listen_only=master is not None,
+            listen_max_age=listen_max_age,
+        )
         banks = [BankConfig(name=str(g), serial=serial, group=g) for g in groups]
         log.info(
             "simulating a battery stack",
@@ -48,6 +60,7 @@ def simulated_config(
                 groups=",".join(map(str, groups)),
                 modules=modules,
                 model=SIMULATED_MODEL,
+                inverter=inverter or "none",
             ),
         )
         yield Config(banks=banks, source="--simulate")

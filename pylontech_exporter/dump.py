@@ -1,4 +1,9 @@
-"""``pylontech-exporter dump``: one snapshot as a readable table or as JSON."""
+"""``pylontech-exporter dump``: one snapshot as a readable table or as JSON.
+
+For a listen-only bank the table starts with what the line carried: which requests the
+bus master (the inverter) sends, how often, and how many frames of each kind were heard;
+the first thing to look at when the inverter's protocol is in doubt.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import dataclasses
 import enum
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from .models import active_alarms, sensor_name
-from .snapshot import ModuleReading, Snapshot
+from .snapshot import BankReading, ModuleReading, Snapshot
 
 
 def _plain(value: Any) -> Any:
@@ -55,6 +61,43 @@ def _alarms(module: ModuleReading) -> str:
     return ", ".join(active_alarms(module.alarms)) or "none"
 
 
+def _columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _heard(bank: BankReading) -> list[str]:
+    """What a listen-only bank's line carried: the master's requests and the frames."""
+    heard = bank.listen
+    if heard is None:
+        return []
+    frames = heard.frames
+    failures = sum(heard.decode_failures.values())
+    lines = [
+        f"  heard: {frames.get('request', 0)} requests, {frames.get('answer', 0)} answers, "
+        f"{frames.get('error_answer', 0)} error answers, {heard.unanswered} unanswered, "
+        f"{failures} frames that did not decode"
+        + (
+            " ("
+            + ", ".join(f"{n} {r}" for r, n in sorted(heard.decode_failures.items()) if n)
+            + ")"
+            if failures
+            else ""
+        )
+    ]
+    if not heard.polls:
+        lines.append("  the bus master sent no request to this group")
+        return lines
+    lines.append("  the bus master polls:")
+    rows = [("command", "address", "INFO", "requests", "every")]
+    for poll in heard.polls:
+        every = f"{poll.period:.2f} s" if poll.period is not None else "once"
+        rows.append(
+            (poll.command, f"0x{poll.address:02X}", poll.info or "-", str(poll.requests), every)
+        )
+    return lines + _columns(rows, "    ")
+
+
 def render_table(snapshot: Snapshot) -> str:
     header = (
         "module",
@@ -75,10 +118,9 @@ def render_table(snapshot: Snapshot) -> str:
         state = "up" if bank.up else f"DOWN ({bank.error})"
         maker = bank.manufacturer
         ident = f", {maker.device_name} {maker.software_version}" if maker else ""
-        lines.append(
-            f"bank {bank.name} (group {bank.group}, {bank.port}{ident}): {state}, "
-            f"read in {bank.duration:.2f} s"
-        )
+        how = "listened" if bank.listen is not None else f"read in {bank.duration:.2f} s"
+        lines.append(f"bank {bank.name} (group {bank.group}, {bank.port}{ident}): {state}, {how}")
+        lines.extend(_heard(bank))
         rows = [header]
         for m in bank.modules:
             v = m.values
@@ -116,8 +158,7 @@ def render_table(snapshot: Snapshot) -> str:
                     _alarms(m),
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        for row in rows:
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if len(rows) > 1:
+            lines.extend(_columns(rows))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -16,6 +16,7 @@ from typing import Callable
 from .bank import REDISCOVER_SECONDS, STATIC_REFRESH_SECONDS, Bank
 from .config import BankConfig
 from .deadline import Deadline
+from .rs485.listener import ListenSource
 from .rs485.reader import Rs485Source
 from .snapshot import BankReading, Snapshot
 from .worker import LineWorker, Source
@@ -29,6 +30,7 @@ HAND_ON_SECONDS = 0.05
 #: How each protocol reads a line: a source is one folder and one entry here.
 SOURCES: dict[str, Callable[[list[Bank]], Source]] = {
     "rs485": Rs485Source,
+    "rs485-listen": ListenSource,
 }
 
 
@@ -54,7 +56,7 @@ class Poller:
         for bank in self.banks:
             by_port.setdefault(bank.config.port, []).append(bank)
         self.lines = [
-            LineWorker(port, sources[members[0].config.serial.protocol](members))
+            LineWorker(port, sources[members[0].config.serial.source](members))
             for port, members in by_port.items()
         ]
         self._started = False

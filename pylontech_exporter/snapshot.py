@@ -11,9 +11,13 @@ import math
 from dataclasses import dataclass, field
 
 from .models import (
+    CellHealth,
     ManagementInfo,
     ManufacturerInfo,
     ModuleAlarms,
+    ModuleDetail,
+    ModuleIdentity,
+    ModuleStatistics,
     ModuleValues,
     ProtocolVersion,
     SystemParameters,
@@ -38,10 +42,46 @@ class ModuleReading:
     read_at: dict[str, float] = field(default_factory=dict)
     #: Per command name: did the last attempt succeed?
     success: dict[str, bool] = field(default_factory=dict)
+    #: RS232 console only (None for RS485): states and per-cell data of this scrape;
+    #: identity, lifetime counters and per-cell health read at discovery and hourly
+    #: (their read times in ``read_at``: "info", "stat", "soh").
+    detail: ModuleDetail | None = None
+    identity: ModuleIdentity | None = None
+    statistics: ModuleStatistics | None = None
+    cell_health: tuple[CellHealth, ...] | None = None
 
     @property
     def up(self) -> bool:
         return self.values is not None
+
+
+@dataclass(frozen=True)
+class HeardPoll:
+    """One kind of request another master sends: a command to an address with an INFO."""
+
+    command: str
+    address: int
+    #: The request's INFO in hex (``FF``: bank-wide).
+    info: str
+    requests: int
+    #: Median seconds between two of them (None: heard once).
+    period: float | None
+
+
+@dataclass
+class ListenStats:
+    """What a listen-only bank's line carried since start (another master's traffic)."""
+
+    #: Frames heard by kind: ``request``, ``answer``, ``error_answer``.
+    frames: dict[str, int]
+    #: Frames heard that could not be used, by reason.
+    decode_failures: dict[str, int]
+    #: Requests of the master that got no answer.
+    unanswered: int
+    #: Per command name: seconds between the master's requests of it.
+    poll_periods: dict[str, float]
+    #: What the master asks, one entry per command, address and INFO.
+    polls: list[HeardPoll] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +107,11 @@ class BankReading:
     error: str | None = None
     #: What to change when the read cannot fit (e.g. the scrape timeout it needs).
     hint: str | None = None
+    #: Listen-only banks: what the line carried.
+    listen: ListenStats | None = None
+    #: Console banks: cumulative count, per command, of rows and fields of its answers
+    #: that could not be parsed and were skipped (None for RS485).
+    unparsed: dict[str, int] | None = None
 
     @property
     def up(self) -> bool:

@@ -135,6 +135,8 @@ class LineWorker:
             try:
                 pause = self.source.background(step)
             except Exception:
+                if self._stopping:  # the line was closed under the step: shutting down
+                    return
                 log.exception("background work of the line failed", extra=kv(line=self.name))
                 pause = IDLE_RECHECK
             with self._lock:

@@ -31,9 +31,12 @@ FLAGS = [
     (None, ["--serial.command-gap", "0.1"], "serial_command_gap", 0.1, "0.1"),
     (None, ["--group", "3", "--group", "5"], "group", [3, 5], "3,5"),
     (None, ["--modules", "4"], "modules", 4, "4"),
+    (None, ["--serial.listen-only"], "serial_listen_only", True, "true"),
+    (None, ["--listen.max-age", "12.5"], "listen_max_age", 12.5, "12.5"),
     (None, ["--config.file", "b.yml"], "config_file", "b.yml", "b.yml"),
     (None, ["--simulate"], "simulate", True, "true"),
     (None, ["--simulate.modules", "5"], "simulate_modules", 5, "5"),
+    (None, ["--simulate.inverter", "bank"], "simulate_inverter", "bank", "bank"),
     (None, ["--config.check"], "config_check", True, "1"),
     (None, ["--web.listen-address", ":9999"], "web_listen_address", ":9999", ":9999"),
     (None, ["--web.config.file", "w.yml"], "web_config_file", "w.yml", "w.yml"),
@@ -46,6 +49,8 @@ FLAGS = [
     ("scan", ["--scan.timeout", "0.1"], "scan_timeout", 0.1, "0.1"),
     ("dump", ["--json"], "json", True, "1"),
     ("dump", ["--dump.timeout", "3"], "dump_timeout", 3.0, "3"),
+    ("dump", ["--listen.duration", "4"], "listen_duration", 4.0, "4"),
+    ("scan", ["--listen.duration", "2"], "listen_duration", 2.0, "2"),
 ]
 DEFAULTS = {
     "serial_baudrate": 115200,
@@ -61,6 +66,9 @@ DEFAULTS = {
     "log_format": "logfmt",
     "simulate": False,
     "simulate_modules": 3,
+    "serial_listen_only": False,
+    "listen_max_age": 30.0,
+    "simulate_inverter": "full",
 }
 
 
@@ -76,7 +84,7 @@ def test_each_flag_and_its_environment_variable(command, argv, dest, value, env_
     assert getattr(parse_args(_cmd(command), environ=env), dest) == value
     # The flag wins over the environment.
     other = {env_name(flag): "7" if value != 7 else "8"} if not isinstance(value, bool) else {}
-    if other and dest not in ("log_level", "log_format"):
+    if other and dest not in ("log_level", "log_format", "simulate_inverter"):
         assert getattr(parse_args([*_cmd(command), *argv], environ=other), dest) == value
 
 

@@ -10,13 +10,15 @@ from pathlib import Path
 from prometheus_client.registry import CollectorRegistry
 from support.inprocess import settled
 from support.stacks import frozen_stack
+from support.waiting import wait_for
 
 from pylontech_exporter.collector import PylontechCollector
 from pylontech_exporter.config import BankConfig, SerialSettings
 from pylontech_exporter.poller import Poller
 from pylontech_exporter.simulator import Rs485Responder
+from pylontech_exporter.simulator.inverter import PROFILES, Inverter
 from pylontech_exporter.simulator.serve import TcpSimulator
-from pylontech_exporter.snapshot import Snapshot
+from pylontech_exporter.snapshot import BankReading, Snapshot
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
@@ -51,15 +53,31 @@ def test_describe_lists_exactly_the_contract_without_touching_the_bus():
         assert described[name] == kind, name
 
 
-def test_labels_match_the_contract():
-    stack = frozen_stack(modules=1, model="US3000C")
-    with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
-        bank = BankConfig("0", SerialSettings(tcp.url, timeout=0.2))
-        poller = settled(Poller([bank]))
+def _read_when_up(server: TcpSimulator, name: str, *, listen_only: bool) -> list[BankReading]:
+    with server:
+        serial = SerialSettings(server.url, timeout=0.2, listen_only=listen_only)
+        poller = settled(Poller([BankConfig(name, serial)]))
         try:
-            snapshot = poller.read(time.monotonic() + 10)
+            # A listener has heard the modules once the inverter's cycle went round.
+            banks = wait_for(lambda: [b for b in poller.read(time.monotonic() + 10).banks if b.up])
         finally:
             poller.close()
+    assert banks, f"bank {name} not read"
+    return banks
+
+
+def test_labels_match_the_contract():
+    """Every family of the contract has samples with its labels, from a bank the exporter
+    polls and a listen-only one beside a virtual inverter."""
+    stack = frozen_stack(modules=1, model="US3000C")
+    inverter = Inverter(stack, PROFILES["full"], period=0.2)
+    banks = _read_when_up(
+        TcpSimulator(Rs485Responder(stack), latency=0), "polled", listen_only=False
+    )
+    banks += _read_when_up(
+        TcpSimulator(Rs485Responder(stack), latency=0, inverter=inverter), "heard", listen_only=True
+    )
+    snapshot = Snapshot(banks=banks)
     collector = PylontechCollector(lambda deadline: snapshot, ttl=5)
     seen = {}
     for family in collector.collect():

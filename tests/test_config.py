@@ -107,6 +107,15 @@ banks:
             {"banks": [{"port": "/dev/x"}, {"port": "/dev/x", "group": 1, "baudrate": 9600}]},
             "disagree on baudrate",
         ),
+        ({"banks": [{"port": "/dev/x", "listen_only": "yes"}]}, "listen_only: must be true or"),
+        (
+            {"banks": [{"port": "/dev/x", "listen_only": True, "listen_max_age": 0}]},
+            "listen_max_age: must be more than 0 to 3600 seconds, got 0",
+        ),
+        (
+            {"banks": [{"port": "/dev/x"}, {"port": "/dev/x", "group": 1, "listen_only": True}]},
+            "listen_only",
+        ),
     ],
 )
 def test_bad_documents_say_what_to_fix(document, message):
@@ -161,3 +170,18 @@ def test_port_checks(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_listen_only_banks_from_yaml_and_flags():
+    config = parse_config(
+        {"banks": [{"port": "/dev/x", "listen_only": True}, {"port": "/dev/y", "name": "b"}]},
+        "banks.yml",
+        listen_max_age=12.0,
+    )
+    heard, polled = (b.serial for b in config.banks)
+    assert (heard.listen_only, heard.listen_max_age, heard.source) == (True, 12.0, "rs485-listen")
+    assert (polled.listen_only, polled.source) == (False, "rs485")
+    flags = banks_from_flags("/dev/x", [0, 1], listen_only=True, listen_max_age=5)
+    assert {b.serial.source for b in flags.banks} == {"rs485-listen"}
+    with pytest.raises(ConfigError, match=r"--listen\.max-age: must be more than 0 to 3600"):
+        banks_from_flags("/dev/x", [0], listen_only=True, listen_max_age=0)

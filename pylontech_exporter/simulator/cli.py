@@ -11,6 +11,7 @@ from typing import Callable, NoReturn
 
 from .battery import BatteryStack
 from .faults import FAULT_HELP, Fault, parse_fault
+from .inverter import PROFILES, Inverter
 from .models import MODELS, get_model, with_cells
 from .rs485 import Rs485Responder
 from .serve import GATEWAY_MODES, PtySimulator, TcpSimulator
@@ -118,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --tcp: broadcast (every client sees all bus traffic, as through a real "
         "RS485-to-Ethernet converter; default) or private (each client its own answers)",
     )
+    parser.add_argument(
+        "--master",
+        choices=list(PROFILES),
+        metavar="PROFILE",
+        help="play an inverter that polls the stack, as the bus master: "
+        + "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())
+        + ". Listen to it with pylontech-exporter --serial.listen-only",
+    )
+    parser.add_argument(
+        "--master-period",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="with --master: seconds between poll cycles (default: the profile's)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--baudrate", type=_positive(int), help="pace answers at this rate")
     parser.add_argument(
@@ -151,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--model lists {len(models)} models for --modules {count}")
     if not args.baudrate and args.baudrate is not None:
         parser.error("--baudrate must be positive")
+    if args.master and args.tcp and args.gateway != "broadcast":
+        parser.error("--master: the inverter's traffic is heard through --gateway broadcast only")
+    if args.master_period is not None and (not args.master or args.master_period <= 0):
+        parser.error("--master-period needs --master and a positive number of seconds")
     specs = models if len(models) > 1 else models * count
     if args.cells:
         specs = [with_cells(get_model(name), args.cells) for name in specs]
@@ -162,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stack.faults.extend(args.fault)
     stack.follow_clock(speed=args.speed)
-    options = {"baudrate": args.baudrate, "latency": args.latency}
+    inverter = (
+        Inverter(stack, PROFILES[args.master], args.master_period) if args.master else None
+    )
+    options = {"baudrate": args.baudrate, "latency": args.latency, "inverter": inverter}
     server: PtySimulator | TcpSimulator
     if args.pty:
         server = PtySimulator(Rs485Responder(stack), args.pty, **options)
@@ -178,6 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     addresses = " ".join(f"0x{m.address:02X}" for m in stack.modules)
     print(f"{','.join(models)} modules at {addresses}", file=sys.stderr, flush=True)
+    if inverter is not None:
+        print(
+            f"an inverter polls them: {inverter.profile.description} "
+            f"(a cycle every {inverter.period:g} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     where = f"{server.link} -> {server.device}" if isinstance(server, PtySimulator) else server.url
     print(f"listening on {where}", flush=True)
     try:

@@ -11,10 +11,12 @@ from .battery import BatteryStack
 
 @dataclass(frozen=True)
 class Reply:
-    """What goes back on the line: ``data`` (None: silence) after ``delay`` extra seconds."""
+    """What goes back on the line: ``data`` (None: silence) after ``delay`` extra seconds,
+    at ``pace`` seconds per byte at least (a slow trickle; 0: the line's speed)."""
 
     data: bytes | None
     delay: float = 0.0
+    pace: float = 0.0
 
 
 SILENCE = Reply(None)

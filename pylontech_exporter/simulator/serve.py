@@ -8,6 +8,11 @@ line: ``latency`` seconds to the first byte (0.07 like real modules; pass 0 in t
 and ``baudrate`` pacing (10 bits per byte; None = as fast as possible). A fault's delay
 comes on top of the latency. Before each answer the stack catches up with the wall
 clock if :meth:`BatteryStack.follow_clock` was called.
+
+With an ``inverter`` (:class:`~.inverter.Inverter`) the server is also the bus master:
+every poll period it puts the inverter's requests on the line and the stack's answers
+after them, as a listener on a real bus beside an inverter hears them. ``received``
+counts the bytes clients sent: on a listen-only client's line it must stay 0.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import tty
 from typing import Callable, TypeVar
 
 from ..transport import Framer
+from .inverter import Inverter
 from .responder import Responder
 
 #: Pacing granularity: bytes are handed to the OS in slices of about this many seconds.
@@ -39,14 +45,23 @@ class _Server:
     """The thread, the stop logic and the line emulation shared by both servers."""
 
     def __init__(
-        self, responder: Responder, *, baudrate: int | None = None, latency: float = 0.07
+        self,
+        responder: Responder,
+        *,
+        baudrate: int | None = None,
+        latency: float = 0.07,
+        inverter: Inverter | None = None,
     ) -> None:
         self.responder = responder
         self.stack = responder.stack
         self.baudrate = baudrate
         self.latency = latency
+        self.inverter = inverter
         #: Requests answered or deliberately ignored so far (frames seen).
         self.requests = 0
+        #: Bytes received from clients (what they sent on the "bus").
+        self.received = 0
+        self._next_cycle = 0.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
@@ -102,18 +117,41 @@ class _Server:
             return
         if self._stopping.wait(self.latency + reply.delay):
             return
-        if not self.baudrate:
-            write(reply.data)
+        self._transmit(reply.data, write, reply.pace)
+
+    def _transmit(self, data: bytes, write: Callable[[bytes], None], pace: float = 0.0) -> None:
+        """Put ``data`` on the line through ``write``, paced at the baud rate (or at
+        ``pace`` seconds per byte, a slow trickle, when that is slower)."""
+        per_byte = max(10.0 / self.baudrate if self.baudrate else 0.0, pace)
+        if not per_byte:
+            write(data)
             return
-        per_byte = 10.0 / self.baudrate
         size = max(1, int(PACING_SLICE / per_byte))
         started = time.monotonic()
-        for offset in range(0, len(reply.data), size):
-            piece = reply.data[offset : offset + size]
+        for offset in range(0, len(data), size):
+            piece = data[offset : offset + size]
             due = started + (offset + len(piece)) * per_byte
             if self._stopping.wait(max(0.0, due - time.monotonic())):
                 return
             write(piece)
+
+    def _until_cycle(self) -> float | None:
+        """Seconds until the inverter's next poll cycle is due (None: no inverter)."""
+        if self.inverter is None:
+            return None
+        return max(0.0, self._next_cycle - time.monotonic())
+
+    def _play_cycle(self, write: Callable[[bytes], None]) -> None:
+        """One poll cycle of the inverter: each request on the line, then its answer."""
+        assert self.inverter is not None
+        started = time.monotonic()
+        for request in self.inverter.cycle():
+            if self._stopping.is_set():
+                return
+            self._transmit(request, write)
+            self._answer(request, write)
+            self._stopping.wait(self.inverter.profile.gap)
+        self._next_cycle = max(started + self.inverter.period, time.monotonic())
 
 
 class PtySimulator(_Server):
@@ -133,8 +171,9 @@ class PtySimulator(_Server):
         *,
         baudrate: int | None = None,
         latency: float = 0.07,
+        inverter: Inverter | None = None,
     ) -> None:
-        super().__init__(responder, baudrate=baudrate, latency=latency)
+        super().__init__(responder, baudrate=baudrate, latency=latency, inverter=inverter)
         self.link = os.fspath(link)
         #: The slave device (e.g. /dev/pts/5) once started.
         self.device = ""
@@ -177,7 +216,9 @@ class PtySimulator(_Server):
             selector.register(self._master, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._stopping.is_set():
-                for key, _ in selector.select():
+                if self._until_cycle() == 0.0:
+                    self._play_cycle(self._write)
+                for key, _ in selector.select(self._until_cycle()):
                     if key.fd == self._wake_r:
                         return
                     try:
@@ -189,6 +230,7 @@ class PtySimulator(_Server):
                             raise
                         self._stopping.wait(0.05)
                         continue
+                    self.received += len(data)
                     for frame in framer.feed(data):
                         self._answer(frame, self._write)
 
@@ -216,15 +258,16 @@ class TcpSimulator(_Server):
         baudrate: int | None = None,
         latency: float = 0.07,
         gateway: str = "broadcast",
+        inverter: Inverter | None = None,
     ) -> None:
         if gateway not in GATEWAY_MODES:
             raise ValueError(f"gateway must be one of {', '.join(GATEWAY_MODES)}, not {gateway!r}")
-        super().__init__(responder, baudrate=baudrate, latency=latency)
+        if inverter is not None and gateway != "broadcast":
+            raise ValueError("an inverter's traffic is heard through a broadcast gateway only")
+        super().__init__(responder, baudrate=baudrate, latency=latency, inverter=inverter)
         self.host = host
         self.port = port
         self.gateway = gateway
-        #: Bytes received from clients (what was sent on the "bus"), for tests.
-        self.received = 0
         self._listener: socket.socket | None = None
 
     @property
@@ -259,9 +302,9 @@ class TcpSimulator(_Server):
                 except OSError:
                     drop(conn)
 
-        def reply_to(asker: socket.socket, data: bytes) -> None:
+        def reply_to(asker: socket.socket | None, data: bytes) -> None:
             """The answer goes on the bus: through a broadcast gateway everybody hears it."""
-            if self.gateway == "broadcast":
+            if self.gateway == "broadcast" or asker is None:
                 send(list(clients), data)
             elif asker in clients:
                 send([asker], data)
@@ -271,7 +314,9 @@ class TcpSimulator(_Server):
             selector.register(self._wake_r, selectors.EVENT_READ)
             try:
                 while not self._stopping.is_set():
-                    for key, _ in selector.select():
+                    if self._until_cycle() == 0.0:
+                        self._play_cycle(functools.partial(reply_to, None))
+                    for key, _ in selector.select(self._until_cycle()):
                         if key.fd == self._wake_r:
                             return
                         if key.fileobj is self._listener:
@@ -308,9 +353,10 @@ def serve_pty(
     *,
     baudrate: int | None = None,
     latency: float = 0.07,
+    inverter: Inverter | None = None,
 ) -> PtySimulator:
     """Start a :class:`PtySimulator`; stop it with ``.stop()`` or use it in ``with``."""
-    server = PtySimulator(responder, link, baudrate=baudrate, latency=latency)
+    server = PtySimulator(responder, link, baudrate=baudrate, latency=latency, inverter=inverter)
     server.start()
     return server
 
@@ -323,10 +369,17 @@ def serve_tcp(
     baudrate: int | None = None,
     latency: float = 0.07,
     gateway: str = "broadcast",
+    inverter: Inverter | None = None,
 ) -> TcpSimulator:
     """Start a :class:`TcpSimulator`; ``.url`` tells where it listens."""
     server = TcpSimulator(
-        responder, host, port, baudrate=baudrate, latency=latency, gateway=gateway
+        responder,
+        host,
+        port,
+        baudrate=baudrate,
+        latency=latency,
+        gateway=gateway,
+        inverter=inverter,
     )
     server.start()
     return server

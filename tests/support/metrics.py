@@ -50,6 +50,10 @@ HEALTH = (
     "pylontech_serial_requests_total",
     "pylontech_serial_request_failures_total",
     "pylontech_exporter_build_info",
+    "pylontech_listen_frames_total",
+    "pylontech_listen_decode_failures_total",
+    "pylontech_listen_unanswered_requests_total",
+    "pylontech_listen_poll_period_seconds",
 )
 
 
