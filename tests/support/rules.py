@@ -1,5 +1,6 @@
-"""The Prometheus rules and the metric contract: loading rule files, the metric names of
-docs/metrics.md, the metric names a PromQL expression uses, and promtool."""
+"""The Prometheus rules and the metric contract: loading rule files, the metric and label
+names of docs/metrics.md, the metric names a PromQL expression uses, series selectors of
+promtool unit tests, the runbook anchors, the agent's scrape target, and promtool."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,14 @@ UNIT_TEST_DIR = REPO / "tests" / "rules"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 RECORDING_RULES = PROMETHEUS_DIR / "pylontech.recording.yml"
 ALERT_RULES = PROMETHEUS_DIR / "pylontech.alerts.yml"
+AGENT_CONFIG = PROMETHEUS_DIR / "prometheus-agent.yml"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+#: Where every alert's runbook_url points, followed by ``#<anchor>``.
+RUNBOOK_BASE_URL = (
+    "https://github.com/pylontech-exporter/pylontech-exporter/blob/main/docs/runbooks.md"
+)
+#: The job selector of the rules, in the one form a packaging step may replace textually.
+JOB_SELECTOR = 'job="pylontech"'
 #: Series Prometheus itself makes, usable besides the exporter's metrics.
 PROMETHEUS_BUILTIN_METRICS = frozenset({"up", "ALERTS"})
 
@@ -79,6 +89,18 @@ def contract_metric_names(text: str | None = None) -> set[str]:
     if text is None:
         text = METRICS_DOC.read_text(encoding="utf-8")
     return set(re.findall(r"^\|\s*`(pylontech_[a-z0-9_]+)`\s*\|", text, flags=re.MULTILINE))
+
+
+def contract_label_names(text: str | None = None) -> set[str]:
+    """Label names of the exporter's metrics: the labels column of docs/metrics.md."""
+    if text is None:
+        text = METRICS_DOC.read_text(encoding="utf-8")
+    names: set[str] = set()
+    for row in re.findall(r"^\|\s*`pylontech_[a-z0-9_]+`\s*\|.*$", text, flags=re.MULTILINE):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) >= 3:
+            names.update(n.strip() for n in cells[2].split(",") if re.fullmatch(r"\s*\w+\s*", n))
+    return names
 
 
 def known_metric_names() -> set[str]:
@@ -143,3 +165,82 @@ def shortened_rules(path: Path, target: Path, alert_for: str = "1s") -> Path:
                 rule["for"] = alert_for
     target.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return target
+
+
+_LABEL_PAIR = re.compile(r'\s*([A-Za-z_]\w*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return {"n": "\n", "t": "\t"}.get(match.group(1), match.group(1))
+
+
+def parse_series(selector: str) -> tuple[str, dict[str, str]]:
+    """``name{a="b", c="d"}`` (a promtool input series or expected sample) as its metric
+    name ('' when there is none) and its labels."""
+    match = re.fullmatch(r"\s*([A-Za-z_:][\w:]*)?\s*(?:\{(.*)\})?\s*", selector, flags=re.DOTALL)
+    if match is None:
+        raise ValueError(f"not a series selector: {selector!r}")
+    name, body = match.group(1) or "", (match.group(2) or "").strip()
+    labels: dict[str, str] = {}
+    position = 0
+    while position < len(body):
+        pair = _LABEL_PAIR.match(body, position)
+        if pair is None or pair.end() == position:
+            raise ValueError(f"cannot parse the labels of {selector!r} at {body[position:]!r}")
+        labels[pair.group(1)] = re.sub(r"\\(.)", _unescape, pair.group(2))
+        position = pair.end()
+    return name, labels
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes for the headings of a Markdown document: lower case,
+    punctuation dropped (but ``-`` and ``_``), spaces turned into ``-``, and ``-1``,
+    ``-2`` ... appended to repeats. Headings inside fenced code blocks do not count."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if re.match(r"\s*(```|~~~)", line):
+            fenced = not fenced
+            continue
+        heading = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def runbook_anchors() -> set[str]:
+    return github_anchors(RUNBOOKS.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class AgentTarget:
+    """What the shipped agent configuration scrapes, and the labels it adds."""
+
+    job: str
+    instance: str
+    external_labels: frozenset[str]
+
+
+def agent_target(path: Path = AGENT_CONFIG) -> AgentTarget:
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (scrape,) = config["scrape_configs"]
+    (static,) = scrape["static_configs"]
+    (instance,) = static["targets"]
+    external = config.get("global", {}).get("external_labels", {})
+    return AgentTarget(scrape["job_name"], instance, frozenset(external))
+
+
+def write_rule_files(groups_by_file: dict[Path, list[dict]], directory: Path) -> list[Path]:
+    """Rule files with these groups, named as the originals, in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for original, groups in groups_by_file.items():
+        target = directory / original.name
+        target.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False), encoding="utf-8")
+        written.append(target)
+    return written
