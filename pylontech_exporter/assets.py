@@ -78,6 +78,19 @@ def job_selector(text: str) -> str:
     return text.strip()
 
 
+def doc(name: str) -> bytes | None:
+    """The text of ``docs/NAME.md`` (``NAME`` or ``NAME.md``) as shipped, for the
+    exporter's ``/docs/`` pages; None when there is no such page."""
+    name = name.removesuffix(".md")
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
+        return None
+    try:
+        path = source() / "docs" / f"{name}.md"
+        return path.read_bytes() if path.is_file() else None
+    except OSError:
+        return None
+
+
 def render(root: Path, relative: str, selector: str | None = None) -> bytes:
     """The content ``assets`` writes for ``relative``: the file, with ``selector`` in place
     of ``job="pylontech"`` in the rule files."""

@@ -517,7 +517,7 @@ def build_server(
     from prometheus_client.process_collector import ProcessCollector
     from prometheus_client.registry import CollectorRegistry
 
-    from . import landing
+    from . import assets, landing
     from .cache import SnapshotCache
     from .collector import PylontechCollector
     from .exposition import Exposition
@@ -543,6 +543,7 @@ def build_server(
                 telemetry_path=telemetry_path,
                 simulated=simulated,
             ),
+            docs=assets.doc,
             ready=lambda: next(
                 (f"bank {b.name} is still being discovered" for b in poller.banks if not b.settled),
                 None,

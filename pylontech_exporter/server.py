@@ -48,6 +48,8 @@ WRITE_TIMEOUT = 30.0
 ALLOWED_METHODS = ("GET", "HEAD")
 HEALTHY_PATH = "/-/healthy"
 READY_PATH = "/-/ready"
+#: ``/docs/NAME``: the shipped documentation page NAME (plain Markdown).
+DOCS_PREFIX = "/docs/"
 #: Largest scrape timeout taken from the header (seconds); larger values are capped.
 MAX_SCRAPE_TIMEOUT = 300.0
 #: Connections served at once; more are closed at once (each holds a thread and memory).
@@ -128,6 +130,7 @@ class ExporterServer(ThreadingHTTPServer):
         exposition: Exposition,
         landing: Callable[[], str],
         ready: Callable[[], str | None] = lambda: None,
+        docs: Callable[[str], bytes | None] = lambda name: None,
         telemetry_path: str = "/metrics",
         timeout_offset: float | None = None,
         web_config: WebConfig | None = None,
@@ -149,6 +152,8 @@ class ExporterServer(ThreadingHTTPServer):
         self.landing = landing
         #: None when ready to serve, else why not (e.g. "discovering the modules").
         self.ready = ready
+        #: A documentation page by name (None: there is none).
+        self.docs = docs
         self.telemetry_path = telemetry_path
         #: Seconds to finish before Prometheus' timeout; None: the measured render time.
         self.timeout_offset = timeout_offset
@@ -375,6 +380,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, body: bool) -> None:
         url = urlsplit(self.path)
+        page = self._doc(url.path)
         # /-/healthy says nothing but "serving": a container's health check needs no
         # password for it.
         if url.path != HEALTHY_PATH and not self._authorized():
@@ -384,13 +390,18 @@ class Handler(BaseHTTPRequestHandler):
                 ("WWW-Authenticate", 'Basic realm="pylontech-exporter", charset="UTF-8"'),
             ]
             content = b"401 unauthorized\n"
-        elif url.path in (self.server.telemetry_path, "/", HEALTHY_PATH, READY_PATH):
+        elif url.path in (self.server.telemetry_path, "/", HEALTHY_PATH, READY_PATH) or (
+            page is not None
+        ):
             try:
                 if url.path == self.server.telemetry_path:
                     status, headers, content = self._metrics(parse_qs(url.query))
                 elif url.path == "/":
                     content = self.server.landing().encode("utf-8")
                     status, headers = 200, [("Content-Type", "text/html; charset=utf-8")]
+                elif page is not None:
+                    content = page
+                    status, headers = 200, [("Content-Type", "text/plain; charset=utf-8")]
                 else:
                     status, headers, content = self._probe(url.path)
             except Exception:  # a bug: say so, to the log and to the client
@@ -413,6 +424,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(content)
+
+    def _doc(self, path: str) -> bytes | None:
+        if not path.startswith(DOCS_PREFIX):
+            return None
+        return self.server.docs(path.removeprefix(DOCS_PREFIX))
 
     def _probe(self, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """``/-/healthy`` (the process serves) and ``/-/ready`` (every bank's modules are

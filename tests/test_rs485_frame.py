@@ -17,6 +17,7 @@ from pylontech_exporter.rs485.frame import (
     Command,
     Frame,
     ReturnCode,
+    check_envelope,
     decode_frame,
     encode_frame,
     encode_request,
@@ -152,3 +153,17 @@ def test_a_flipped_character_is_always_detected(info, position):
     raw[index] = ord("0") if original != ord("0") else ord("1")
     with pytest.raises(FrameError):
         decode_frame(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (Frame(0x20, 0x02, 0x4A, 0x00), "answer with CID1 0x4A, not a battery's (0x46)"),
+        (Frame(0x10, 0x02, 0x46, 0x00), "answer with VER 0x10, not protocol version 2.x"),
+        (Frame(0x35, 0x02, 0x46, 0x00), "answer with VER 0x35"),
+    ],
+)
+def test_an_answer_from_another_protocol_on_the_bus_is_refused(frame, message):
+    with pytest.raises(FrameError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_envelope(frame)
+    check_envelope(Frame(0x25, 0x02, 0x46, 0x00))  # 2.5: a battery's

@@ -8,12 +8,14 @@ from __future__ import annotations
 import http.client
 import logging
 import math
+import re
 import socket
 import threading
 import time
 
 import pytest
 from prometheus_client.registry import CollectorRegistry
+from support import REPO
 from support.inprocess import InProcessExporter, bank, handler_threads, resources
 from support.metrics import key
 from support.stacks import frozen_stack
@@ -166,6 +168,20 @@ def test_a_post_body_is_not_read_as_the_next_request(exporter):
 def test_unknown_paths_are_404(exporter):
     for path in ("/nope", "/metrics/", "/metricsx", "/../etc/passwd", "/%00", "/index.html"):
         assert exporter.get(path)[0] == 404, path
+    for path in ("/docs/", "/docs/nope", "/docs/../README", "/docs/Metrics", "/docs/%2e%2e"):
+        assert exporter.get(path)[0] == 404, path
+
+
+def test_the_landing_pages_links_lead_to_the_shipped_docs(exporter):
+    links = re.findall(r"href='(/docs/[^']+)'", exporter.get("/")[2].decode())
+    assert links == ["/docs/metrics", "/docs/troubleshooting"]
+    for link in links:
+        status, headers, body = exporter.get(link)
+        assert status == 200, link
+        assert headers["Content-Type"] == "text/plain; charset=utf-8"
+        name = link.removeprefix("/docs/")
+        assert body == (REPO / "docs" / f"{name}.md").read_bytes()
+    assert exporter.get("/docs/listen-only.md")[0] == 200
 
 
 @pytest.mark.parametrize(
