@@ -398,8 +398,8 @@ def test_cell_drift_fires_the_imbalance_alerts(env: Environment):
         assert labels["job"] == JOB and labels["instance"] == env.exporter_address
         assert labels["severity"] == ("critical" if key[0].endswith("Critical") else "warning")
         assert float(alert["value"]) == pytest.approx(spread, abs=0.0011)
-        summary = alert["annotations"]["summary"]
-        assert f"bank {DRIFT_BANK} module {DRIFT_MODULE}" in summary, summary
+        description = alert["annotations"]["description"]
+        assert f"bank {DRIFT_BANK} module {DRIFT_MODULE}" in description, description
     # Nothing else: not the other module, not the other bank, no over-voltage.
     others = [a for a in env.prometheus.alerts() if alert_key(a) not in wanted]
     assert not others, f"unexpected alerts:\n{format_alerts(others)}"
@@ -433,7 +433,7 @@ def test_bank_down_fires_bank_down_while_other_bank_reports(env: Environment):
     alert = firing[("PylontechBankDown", down, "")]
     assert alert["labels"]["severity"] == "critical"
     assert alert["labels"]["instance"] == env.exporter_address
-    assert down in alert["annotations"]["summary"]
+    assert f"bank {down}" in alert["annotations"]["description"]
 
     prometheus = env.prometheus
     assert prometheus.value(f'pylontech_up{{bank="{down}"}}') == 0
