@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 #: Modules per group the addressing can express (n = 2 .. 17 in ADR = n + 0x10 * m).
 MAX_MODULES_PER_GROUP = 16
@@ -39,7 +39,15 @@ def module_position(address: int, group: int) -> int:
 
 @dataclass(frozen=True)
 class ModuleValues:
-    """Analog values of one module (command 0x42)."""
+    """Analog values of one module (command 0x42, or what the RS232 console prints).
+
+    A 0x42 answer gives every field. The console reports less at once; its readings say
+    so with the optional fields below, None or True for 0x42: a value it did not read is
+    NaN (capacities before ``info N`` was read), ``cell_numbers`` and ``sensors`` name the
+    entries of ``cell_voltages`` and ``temperatures`` (a row that did not parse leaves a
+    gap), ``printed_state_of_charge`` is the BMS's own figure, and ``cycles_known`` is
+    False until the cycle count was read.
+    """
 
     address: int
     cell_voltages: tuple[float, ...]
@@ -53,6 +61,13 @@ class ModuleValues:
     cycle_number: int
     #: True when the module reports capacities in the 3-byte (> 65 Ah) form.
     extended_capacity: bool = False
+    #: 1-based cell of each of ``cell_voltages`` (None: 1, 2, 3, ...).
+    cell_numbers: tuple[int, ...] | None = None
+    #: Sensor label of each of ``temperatures`` (None: the 0x42 order of sensor_name).
+    sensors: tuple[str, ...] | None = None
+    #: The state of charge as the BMS prints it, 0..1 (None: remaining / total).
+    printed_state_of_charge: float | None = None
+    cycles_known: bool = True
 
     @property
     def power(self) -> float:
@@ -61,8 +76,21 @@ class ModuleValues:
 
     @property
     def state_of_charge(self) -> float:
-        """Remaining / total capacity, 0..1 (NaN when the module reports no capacity)."""
+        """Remaining / total capacity, 0..1 (NaN when the module reports no capacity), or
+        the figure the BMS printed."""
+        if self.printed_state_of_charge is not None:
+            return self.printed_state_of_charge
         return self.remaining_capacity / self.total_capacity if self.total_capacity else math.nan
+
+    def cells(self) -> list[tuple[int, float]]:
+        """(1-based cell, volts) of every cell voltage read."""
+        numbers = self.cell_numbers or range(1, len(self.cell_voltages) + 1)
+        return list(zip(numbers, self.cell_voltages))
+
+    def sensor_temperatures(self) -> list[tuple[str, float]]:
+        """(sensor label, degrees Celsius) of every temperature read."""
+        names = self.sensors or [sensor_name(i) for i in range(len(self.temperatures))]
+        return list(zip(names, self.temperatures))
 
 
 @dataclass(frozen=True)
@@ -263,3 +291,101 @@ def active_alarms(alarms: ModuleAlarms) -> list[str]:
             active.append(f"{name} {state.name.lower()}")
     active += [f"cell {i} voltage error" for i, e in enumerate(alarms.cell_voltage_errors, 1) if e]
     return active
+
+
+# --- what the RS232 console reports beyond the 0x42 values ---------------------------------
+
+
+class BaseState(str, enum.Enum):
+    """What a module is doing, as the console's ``pwr`` prints it (``Base.St``)."""
+
+    CHARGE = "charge"
+    DISCHARGE = "discharge"
+    IDLE = "idle"
+    BALANCE = "balance"
+    #: A word this package does not know (the source logs it).
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class CellDetail:
+    """One cell as ``bat N`` prints it, beyond its voltage (in ModuleValues). None: the
+    firmware has no such column, or the field did not parse."""
+
+    #: 1-based (the ``bat`` row + 1).
+    cell: int
+    temperature: float | None = None
+    voltage_state: AlarmState | None = None
+    temperature_state: AlarmState | None = None
+    state_of_charge: float | None = None
+    #: Ah.
+    remaining_capacity: float | None = None
+    balancing: bool | None = None
+
+
+@dataclass(frozen=True)
+class ModuleDetail:
+    """What the console's ``pwr`` and ``bat N`` report of one module beyond its values."""
+
+    base_state: BaseState | None = None
+    #: ``module_voltage``, ``current``, ``cell_voltage``, ``cell_temperature`` -> state.
+    measurement_states: dict[str, AlarmState] = field(default_factory=dict)
+    #: Temperature sensor (``bms``, ``mosfet``) -> state.
+    temperature_states: dict[str, AlarmState] = field(default_factory=dict)
+    #: Lowest and highest cell voltage (V) and cell temperature (degrees Celsius).
+    cell_voltage_min: float | None = None
+    cell_voltage_max: float | None = None
+    cell_temperature_min: float | None = None
+    cell_temperature_max: float | None = None
+    #: Per cell, from ``bat N``: empty when it was not read in this scrape.
+    cells: tuple[CellDetail, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModuleIdentity:
+    """``info N``: the identity of one module, as printed ("" where not printed)."""
+
+    device_name: str
+    manufacturer: str
+    #: ``Barcode``.
+    serial_number: str
+    #: ``Main Soft version``.
+    main_software_version: str
+    software_version: str = ""
+    boot_version: str = ""
+    comm_version: str = ""
+    board_version: str = ""
+    release_date: str = ""
+    #: e.g. ``48V/100AH``.
+    specification: str = ""
+    #: Ah, from the specification (None: not printed or not understood).
+    capacity: float | None = None
+    cell_count: int | None = None
+    #: Amperes; the discharge limit signed as printed (negative).
+    max_charge_current: float | None = None
+    max_discharge_current: float | None = None
+
+
+@dataclass(frozen=True)
+class ModuleStatistics:
+    """``stat N``: lifetime counters of one module."""
+
+    #: Counter name (the printed key, lowercased, e.g. ``coc_times``) -> count.
+    events: dict[str, int] = field(default_factory=dict)
+    #: ``CYCLE Times``.
+    cycles: int | None = None
+    #: ``SOH`` / 100 (printed by B69 and newer firmware).
+    state_of_health: float | None = None
+    #: ``Dsg Cap``: Ah discharged over the module's life.
+    discharged: float | None = None
+
+
+@dataclass(frozen=True)
+class CellHealth:
+    """One row of ``soh N``."""
+
+    cell: int
+    #: ``SOHCount`` (None: the firmware prints none).
+    count: int | None
+    #: ``SOHStatus`` as printed (``Normal``, ``00000000``, ...).
+    status: str
