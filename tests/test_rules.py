@@ -143,8 +143,13 @@ def check_annotation_style(groups: list[dict]) -> list[str]:
 
 def check_runbook_urls(groups: list[dict], anchors: set[str]) -> list[str]:
     """Every alert links to its own section of docs/runbooks.md (anchor = GitHub's slug of
-    the alert's name as the heading), and that section exists."""
+    the alert's name as the heading), and that section exists; no section is left of an
+    alert that is gone."""
     problems = []
+    alerts = {rule["alert"] for rule in iter_rules(groups) if "alert" in rule}
+    for anchor in sorted(anchors - {github_anchor(name) for name in alerts}):
+        if anchor.startswith("pylontech"):
+            problems.append(f"runbook section #{anchor}: no such alert")
     for rule in iter_rules(groups):
         if "alert" not in rule:
             continue
@@ -800,6 +805,13 @@ def test_check_runbook_urls_catches_broken_links(groups):
     problems = check_runbook_urls(broken, runbook_anchors())
     assert [p.split(":")[0] for p in problems] == [a["alert"] for a in alerts[:4]], problems
     assert "no heading" in problems[2] and "not its own section" in problems[3]
+
+
+def test_check_runbook_urls_catches_a_stale_section(groups):
+    anchors = runbook_anchors() | {"pylontechbatteryexploded"}
+    assert check_runbook_urls(groups, anchors) == [
+        "runbook section #pylontechbatteryexploded: no such alert"
+    ]
 
 
 def test_check_runbook_urls_needs_the_heading(groups):
