@@ -73,6 +73,8 @@ class SerialSettings:
     listen_only: bool = False
     #: Listen-only: seconds a reading heard stays exported.
     listen_max_age: float = DEFAULT_LISTEN_MAX_AGE
+    #: Console: switch an old 1200-baud console to ``baudrate`` when no prompt answers.
+    console_wakeup: bool = False
 
     @property
     def source(self) -> str:

@@ -15,6 +15,7 @@ from typing import Callable
 
 from .bank import REDISCOVER_SECONDS, STATIC_REFRESH_SECONDS, Bank
 from .config import BankConfig
+from .console.reader import ConsoleSource
 from .deadline import Deadline
 from .rs485.listener import ListenSource
 from .rs485.reader import Rs485Source
@@ -31,6 +32,7 @@ HAND_ON_SECONDS = 0.05
 SOURCES: dict[str, Callable[[list[Bank]], Source]] = {
     "rs485": Rs485Source,
     "rs485-listen": ListenSource,
+    "console": ConsoleSource,
 }
 
 

@@ -39,6 +39,9 @@ class FaultKind(str, enum.Enum):
     NOBANK = "nobank"
     INFLATE = "inflate"
     IMPLAUSIBLE = "implausible"
+    #: Console only: the answer without its final prompt; the answer dribbling out.
+    PROMPT = "prompt"
+    TRICKLE = "trickle"
 
 
 FAULT_HELP = """\
@@ -58,9 +61,13 @@ fault SPEC is KIND[:KEY=VALUE,...]; integers may be hex (0x42). KINDS:
   nobank         the master ignores FF: no answer to the bank-wide query
   inflate        a bank-wide answer lists size=N modules (20), the last one repeated
   implausible    an 0x42 answer reports cell 1 at 0xFFFF (-0.001 V), checksum right
+  prompt         (console) the answer without the prompt after its $$
+  trickle        (console) the answer at size=N bytes per second (100)
 KEYS (filters and firing, all kinds): address=A, command=C (only requests to that
-address / with that CID2), count=N (fire N times, then never), p=P (probability per
-request, default 1). e.g. junk:p=0.02  drop:address=3,count=5  rtn:code=0x90,address=4"""
+address / with that CID2; on the console the module a command names, bat 2 being
+address 3, and the command word, command=bat), count=N (fire N times, then never), p=P
+(probability per request, default 1). e.g. junk:p=0.02  drop:address=3,count=5
+rtn:code=0x90,address=4  rtn:command=bat,address=3"""
 
 
 @dataclass
@@ -70,7 +77,8 @@ class Fault:
 
     kind: FaultKind
     address: int | None = None
-    command: int | None = None
+    #: A CID2, or a console command word (``bat``).
+    command: int | str | None = None
     count: int | None = None
     probability: float = 1.0
     seconds: float = 1.0
@@ -87,7 +95,7 @@ class Fault:
         if self.kind is FaultKind.VANISH and self.module is None:
             raise ValueError("vanish needs module=ADDRESS")
 
-    def matches(self, address: int, command: int) -> bool:
+    def matches(self, address: int, command: int | str) -> bool:
         return (self.address is None or self.address == address) and (
             self.command is None or self.command == command
         )
@@ -121,7 +129,7 @@ class FaultPlan:
     def __len__(self) -> int:
         return len(self._faults)
 
-    def draw(self, address: int, command: int, kinds: frozenset[FaultKind]) -> list[Fault]:
+    def draw(self, address: int, command: int | str, kinds: frozenset[FaultKind]) -> list[Fault]:
         """The faults of ``kinds`` that fire for this request (counts are consumed)."""
         if not self._faults:
             return []
@@ -199,6 +207,8 @@ def parse_fault(spec: str) -> Fault:
         try:
             if key in _FLOAT_KEYS:
                 options[_FLOAT_KEYS[key]] = float(value)
+            elif key == "command" and value.strip().isalpha():
+                options[key] = value.strip()  # a console command word
             else:
                 options[key] = int(value, 0)
         except ValueError:
