@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from support import REPO
-from support.rules import require_binary
+from support.rules import assert_promtool_ok, require_binary, run_promtool
 
 from pylontech_exporter import assets
 from pylontech_exporter.cli import main
@@ -44,12 +44,12 @@ def files_below(directory: Path) -> set[str]:
     return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
 
 
-def assert_same_as_repository(directory: Path) -> None:
+def assert_same_as_repository(directory: Path, repository: Path = REPO) -> None:
     written = files_below(directory)
-    assert written == set(assets.shipped(REPO))
+    assert written == set(assets.shipped(repository))
     assert written >= MUST_SHIP
     for relative in written:
-        assert (directory / relative).read_bytes() == (REPO / relative).read_bytes(), relative
+        assert (directory / relative).read_bytes() == (repository / relative).read_bytes()
 
 
 # --- the command ----------------------------------------------------------------------
@@ -121,9 +121,7 @@ def test_a_selector_that_is_not_label_matchers_is_refused(tmp_path, capsys, sele
 def test_promtool_accepts_the_rules_with_another_job_selector(tmp_path):
     promtool = require_binary("promtool")
     assert main(["assets", str(tmp_path), "--rules.job-selector", 'job=~"solar|pylontech"']) == 0
-    rules = [str(tmp_path / f) for f in assets.RULE_FILES]
-    checked = subprocess.run([promtool, "check", "rules", *rules], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert_promtool_ok(run_promtool(promtool, "check", "rules", *assets.RULE_FILES, cwd=tmp_path))
     assert 'job=~"solar|pylontech"' in (tmp_path / assets.RULE_FILES[1]).read_text()
 
 
@@ -150,14 +148,14 @@ def built(tmp_path_factory) -> dict[str, Path]:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (sdist,) = (base / "dist").glob("*.tar.gz")
     (wheel,) = (base / "dist").glob("*.whl")
-    return {"sdist": sdist, "wheel": wheel, "base": base}
+    return {"sdist": sdist, "wheel": wheel, "base": base, "tree": tree}
 
 
 def test_the_sdist_has_the_license_and_every_shipped_file_where_the_repository_has_it(built):
     with tarfile.open(built["sdist"]) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert {"LICENSE", "setup.py", "pyproject.toml", "README.md"} <= names
-    assert set(assets.shipped(REPO)) <= names
+    assert set(assets.shipped(built["tree"])) <= names
 
 
 def test_the_wheel_declares_the_license_as_spdx_and_carries_the_file(built):
@@ -193,7 +191,7 @@ def test_pip_install_gives_a_user_the_dashboard_rules_and_deploy_files(built, tm
         timeout=60,
     )
     assert ran.returncode == 0, ran.stderr
-    assert_same_as_repository(out)
+    assert_same_as_repository(out, built["tree"])  # the tree as it was built (others edit REPO)
     where = subprocess.run(
         [python, "-c", "import pylontech_exporter.assets as a; print(a.source())"],
         cwd=tmp_path,
