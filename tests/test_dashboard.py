@@ -1,31 +1,66 @@
-"""Structural checks of the Grafana dashboard grafana/pylontech.json.
+"""The Grafana dashboard grafana/pylontech.json.
 
-The dashboard must work both imported by hand and provisioned from file, against any
-Prometheus data source, and must only query metrics the exporter exposes
-(docs/metrics.md) or the recording rules in deploy/prometheus. Each check is a function
-returning a list of problems; each has a negative test on a deliberately broken copy.
+It must work both imported by hand and provisioned from file, against any Prometheus data
+source, and must only query metrics the exporter exposes (docs/metrics.md) or the
+recording rules in deploy/prometheus. Structural checks are functions returning a list of
+problems; each has a negative test on a deliberately broken copy.
+
+Then the dashboard as Grafana itself sees it, without a Grafana server: its JSON compiled
+against Grafana's published schema types (tests/grafana_schema/check.mjs, @grafana/schema
+and tsc), and values formatted by Grafana's own display code (display.mjs, @grafana/data).
+Both need node and `npm ci` in tests/grafana_schema; they skip without them unless
+PYLONTECH_REQUIRE_GRAFANA_SCHEMA=1 (as in CI).
+
+Last, every panel as Grafana lays it out for a stack of 2 banks x 16 modules (each
+repeated copy, each query) against a real Prometheus scraping `pylontech-exporter
+--simulate`: every query runs and has data, no copy mixes banks or modules, series names
+are unique within a panel, the series fit the panel, and values keep their precision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import math
 import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 from support import REPO
 from support.dashboard import (
+    GRID_COLUMNS,
     NON_QUERY_PANELS,
+    SCHEMA_CHECK,
+    PanelCopy,
     all_panels,
+    all_values,
+    grafana_builtins,
+    grafana_regex_value,
+    has_data,
+    height_px,
     load_dashboard,
+    panel_copies,
     panel_name,
+    panels_by_row,
     parse_label_values,
     promql_exprs,
     query_panels,
+    render_legend,
+    require_grafana_node,
+    substitute,
     variable_query,
     variables,
 )
+from support.processes import Exporter
+from support.prometheus import HEALTHY_EMPTY, Prometheus, start_prometheus
 from support.rules import (
+    RECORDING_RULES,
     assert_promtool_ok,
     iter_rules,
     known_metric_names,
@@ -36,11 +71,28 @@ from support.rules import (
     rule_files,
     run_promtool,
 )
+from support.waiting import wait_until
 
 PROVISIONING = REPO / "grafana" / "provisioning"
 DASHBOARD_UID = "pylontech-overview"
 DATASOURCE_REFS = frozenset({"$datasource", "${datasource}"})
 # Grafana's built-in variables, replaced by plain values before promtool parses an expr.
+#: Pixels a state-timeline row needs for its name to stay readable.
+ROW_PX = 20
+#: What a state timeline's rows do not get of its height: title, padding, time axis; and
+#: the pager when there is more than a page of rows.
+STATE_TIMELINE_CHROME_PX = 32 + 16 + 26
+PAGER_PX = 28
+#: Lines a time series panel may draw before they cannot be told apart.
+MAX_LINES = 16
+#: A bar of a bar gauge: the least height of a horizontal bar (its name and value are one
+#: line of text), the least width of a vertical one (its value is written above it).
+MIN_BAR_HEIGHT_PX = 16
+MIN_BAR_WIDTH_PX = 40
+#: What a bar gauge's bars do not get: title and padding.
+BAR_GAUGE_CHROME_PX = 32 + 16
+#: The dashboard as seen on a 1600 px wide screen: px per grid column.
+COLUMN_PX = (1600 - 2 * 16) / GRID_COLUMNS
 GRAFANA_BUILTINS = {
     "$__rate_interval": "1m",
     "$__interval": "1m",
@@ -126,16 +178,63 @@ def check_panel_ids(dashboard: dict) -> list[str]:
 
 
 def check_repeats(dashboard: dict) -> list[str]:
-    """Panel options that Grafana only reads at the panel's top level."""
+    """Repeats are panel options; a copy per module exists only within a copy per bank
+    (else module 1 of every bank shares one panel); what a panel is repeated over is in
+    its title or its row's; series named by module name their bank unless the panel is
+    one bank's."""
     problems = []
-    for panel in all_panels(dashboard):
+    for row, panel in panels_by_row(dashboard):
+        name = panel_name(panel)
         misplaced = {"repeat", "repeatDirection"} & set(
             panel.get("fieldConfig", {}).get("defaults", {})
         )
         if misplaced:
-            problems.append(f"{panel_name(panel)}: {sorted(misplaced)} inside fieldConfig")
-        if "$module" in panel.get("title", "") and panel.get("repeat") != "module":
-            problems.append(f"{panel_name(panel)}: titled per module but does not repeat")
+            problems.append(f"{name}: {sorted(misplaced)} inside fieldConfig")
+        row_variable = row.get("repeat") if row else None
+        scope = {v for v in (row_variable, panel.get("repeat")) if v}
+        titles = str(panel.get("title", "")) + " " + str((row or {}).get("title", ""))
+        if panel.get("repeat") == "module" and row_variable != "bank":
+            problems.append(f"{name}: repeated per module outside a row repeated per bank")
+        for variable in sorted(scope):
+            if f"${variable}" not in titles:
+                problems.append(f"{name}: repeated per {variable}; no ${variable} in its title")
+        if "$module" in titles and "module" not in scope:
+            problems.append(f"{name}: titled per module but does not repeat")
+        if "bank" in scope:
+            continue
+        for target in panel.get("targets", []):
+            legend = target.get("legendFormat", "")
+            if "{{module}}" in legend and "{{bank}}" not in legend:
+                problems.append(
+                    f"{name} target {target.get('refId')}: names modules without their bank"
+                )
+    return problems
+
+
+def check_descriptions(dashboard: dict) -> list[str]:
+    """Every panel but a row (the schema has no description for rows) says what it shows."""
+    return [
+        f"{panel_name(panel)}: no description"
+        for panel in all_panels(dashboard)
+        if panel.get("type") != "row" and not str(panel.get("description", "")).strip()
+    ]
+
+
+def check_state_timeline_pages(dashboard: dict) -> list[str]:
+    """A state timeline pages its rows (`perPage`) so that each row keeps ROW_PX."""
+    problems = []
+    for panel in query_panels(dashboard):
+        if panel.get("type") != "state-timeline":
+            continue
+        per_page = panel.get("options", {}).get("perPage")
+        room = height_px(panel["gridPos"]["h"]) - STATE_TIMELINE_CHROME_PX - PAGER_PX
+        if not isinstance(per_page, int) or per_page < 1:
+            problems.append(f"{panel_name(panel)}: no options.perPage")
+        elif room / per_page < ROW_PX:
+            problems.append(
+                f"{panel_name(panel)}: {per_page} rows a page in {room} px: "
+                f"{room / per_page:.0f} px a row, fewer than {ROW_PX}"
+            )
     return problems
 
 
@@ -176,10 +275,11 @@ def check_variables(dashboard: dict) -> list[str]:
             problems.append(f"variable {name}: not a label_values query")
         elif metric_names_in_promql(parsed[0]) != {metric}:
             problems.append(f"variable {name}: label_values on {parsed[0]!r}, expected {metric}")
-        if name in ("bank", "module") and not (
-            variable.get("multi") and variable.get("includeAll")
-        ):
+        if not (variable.get("multi") and variable.get("includeAll")):
             problems.append(f"variable {name}: must be multi-value with an All option")
+        # `.+`, not `.*`: All then never matches a series without the label.
+        if variable.get("allValue") != ".+":
+            problems.append(f"variable {name}: allValue {variable.get('allValue')!r}, not '.+'")
     return problems
 
 
@@ -360,15 +460,64 @@ def test_check_panel_ids_catches_duplicate(dashboard):
     assert len(check_panel_ids(broken)) == 1
 
 
-def test_repeats_are_panel_options(dashboard):
-    assert check_repeats(dashboard) == []
+def test_repeats_keep_banks_apart(dashboard):
+    problems = check_repeats(dashboard)
+    assert not problems, "\n".join(problems)
+
+
+def _panel(dashboard: dict, panel_id: int) -> dict:
+    return next(p for p in all_panels(dashboard) if p.get("id") == panel_id)
 
 
 def test_check_repeats_catches_misplaced_repeat(dashboard):
     broken = copy.deepcopy(dashboard)
-    panel = next(p for p in all_panels(broken) if p.get("repeat"))
+    panel = next(p for p in all_panels(broken) if p.get("repeat") == "module")
     panel["fieldConfig"]["defaults"]["repeat"] = panel.pop("repeat")
-    assert len(check_repeats(broken)) == 2
+    problems = check_repeats(broken)
+    assert len(problems) == 2 and all(panel_name(panel) in p for p in problems), problems
+
+
+def test_check_repeats_catches_modules_of_every_bank_in_one_panel(dashboard):
+    """The bug of issue 12: panels repeated per module only, so module 1 of each bank
+    ends up in one panel; and module series named without their bank."""
+    broken = copy.deepcopy(dashboard)
+    per_module = [p for p in all_panels(broken) if p.get("repeat") == "module"]
+    rows = {id(row): row for row, panel in panels_by_row(broken) if panel in per_module}
+    assert per_module and len(rows) == 1
+    next(iter(rows.values())).pop("repeat")
+    bank_panel = _panel(broken, 12)  # state of charge per module, in a row per bank
+    next(row for row, panel in panels_by_row(broken) if panel is bank_panel).pop("repeat")
+    problems = check_repeats(broken)
+    for panel in per_module:
+        assert f"{panel_name(panel)}: repeated per module outside a row repeated per bank" in (
+            problems
+        )
+    assert f"{panel_name(bank_panel)} target A: names modules without their bank" in problems
+
+
+def test_every_panel_has_a_description(dashboard):
+    problems = check_descriptions(dashboard)
+    assert not problems, "\n".join(problems)
+
+
+def test_check_descriptions_catches_empty(dashboard):
+    broken = copy.deepcopy(dashboard)
+    _nested_panel(broken)["description"] = " "
+    del query_panels(broken)[0]["description"]
+    assert len(check_descriptions(broken)) == 2
+
+
+def test_state_timelines_page_their_rows(dashboard):
+    problems = check_state_timeline_pages(dashboard)
+    assert not problems, "\n".join(problems)
+
+
+def test_check_state_timeline_pages_catches_crowding(dashboard):
+    broken = copy.deepcopy(dashboard)
+    timelines = [p for p in query_panels(broken) if p["type"] == "state-timeline"]
+    timelines[0]["options"]["perPage"] = 30
+    del timelines[1]["options"]["perPage"]
+    assert len(check_state_timeline_pages(broken)) == 2
 
 
 def test_check_grid_catches_overflow(dashboard):
@@ -383,8 +532,9 @@ def test_check_variables_catches_problems(dashboard):
     found = variables(broken)
     found["module"]["includeAll"] = False
     found["bank"]["query"] = "label_values(pylontech_bank_info, bank)"
+    found["instance"]["allValue"] = ".*"
     broken["templating"]["list"] = [v for v in broken["templating"]["list"] if v["name"] != "job"]
-    assert len(check_variables(broken)) == 3
+    assert len(check_variables(broken)) == 4
 
 
 def test_check_metric_names_catches_typo(dashboard, known):
@@ -409,3 +559,393 @@ def test_promql_parse_check_catches_syntax_error(promtool, tmp_path):
     group = {"name": "d", "rules": [{"record": "a:b:c", "expr": "sum by (bank (pylontech_up)"}]}
     path.write_text(yaml.safe_dump({"groups": [group]}), encoding="utf-8")
     assert run_promtool(promtool, "check", "rules", path).returncode != 0
+
+
+# --------------------------------------------------------------------------------------
+# Grafana's schema and display code (node, tests/grafana_schema)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    return require_grafana_node()
+
+
+def run_schema_check(node: str, dashboard: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "dashboard.json"
+    path.write_text(json.dumps(dashboard), encoding="utf-8")
+    return subprocess.run(
+        [node, SCHEMA_CHECK / "check.mjs", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=SCHEMA_CHECK,
+    )
+
+
+def grafana_display(node: str, requests: list[dict]) -> list[list[dict]]:
+    """For each {config: fieldConfig.defaults, values: [...]}, each value as Grafana
+    displays it: {text, color}."""
+    result = subprocess.run(
+        [node, SCHEMA_CHECK / "display.mjs"],
+        input=json.dumps(requests),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=SCHEMA_CHECK,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_dashboard_fits_grafanas_schema(node, tmp_path):
+    result = run_schema_check(node, load_dashboard(), tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith(": ok"), (
+        result.stdout + result.stderr
+    )
+
+
+#: Mistakes planted in a copy of the dashboard: where (panel id, or None for the
+#: dashboard), what to do, and what the checker must say (its `where` and a word of tsc's
+#: message).
+PLANTED = [
+    (3, lambda p: p.update(descripton=p.pop("description")), "descripton", "does not exist"),
+    (4, lambda p: p["gridPos"].update(h="4"), "gridPos.h", "not assignable to type 'number'"),
+    (5, lambda p: p["options"].update(colourMode="value"), "options.colourMode", "not exist"),
+    (
+        9,
+        lambda p: p["fieldConfig"]["defaults"]["custom"].update(lineWidht=2),
+        "fieldConfig.defaults.custom.lineWidht",
+        "does not exist",
+    ),
+    (
+        10,
+        lambda p: p["options"]["legend"].update(placement="left"),
+        "options.legend.placement",
+        "not assignable",
+    ),
+    (13, lambda p: p["targets"][0].update(legendFromat="x"), "targets[0].legendFromat", "exist"),
+    (
+        31,  # in a collapsed row
+        lambda p: p["fieldConfig"]["defaults"].update(decimal=2),
+        "fieldConfig.defaults.decimal",
+        "does not exist",
+    ),
+    (
+        35,
+        lambda p: p["fieldConfig"]["defaults"]["mappings"][0].update(type="values"),
+        "fieldConfig.defaults.mappings[0]",
+        "not assignable",
+    ),
+    (36, lambda p: p.update(type="piechart"), "(panel 36", "'piechart' does not exist"),
+    (None, lambda d: d.update(graphTooltip="shared"), "graphTooltip", "not assignable"),
+    (
+        None,
+        lambda d: variables(d)["bank"].update(multi="yes"),
+        "templating.list[3].multi",
+        "not assignable to type 'boolean",
+    ),
+]
+
+
+def test_schema_check_reports_planted_mistakes(node, dashboard, tmp_path):
+    broken = copy.deepcopy(dashboard)
+    for panel_id, plant, _, _ in PLANTED:
+        plant(broken if panel_id is None else _panel(broken, panel_id))
+    result = run_schema_check(node, broken, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    problems = lines[:-1]
+    assert lines[-1].endswith(f": {len(PLANTED)} schema problem(s)"), result.stdout
+    for panel_id, _, where, said in PLANTED:
+        panel = "" if panel_id is None else f"(panel {panel_id} "
+        found = [p for p in problems if panel in p and where in p]
+        assert found and said in found[0], f"{panel_id} {where}: not reported\n{result.stdout}"
+
+
+def test_schema_check_refuses_unreadable_input(node, tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{", encoding="utf-8")
+    result = subprocess.run(
+        [node, SCHEMA_CHECK / "check.mjs", path], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "broken.json" in result.stderr
+
+
+#: The values issue 12 found rounded or padded, as Grafana must display them: panel id ->
+#: [(value, text)].
+DISPLAYED = {
+    3: [(2499, "2.50 kW"), (-800, "-800 W"), (-12345, "-12.3 kW")],  # bank power
+    5: [(-12.5, "-12.5 A"), (150.3, "150.3 A")],  # bank current
+    6: [(1480, "1480 Ah"), (74.2, "74 Ah")],  # remaining capacity
+    7: [(12345, "12.3 kWh"), (500, "500 Wh")],  # energy in
+    16: [(74.0, "74.0 Ah"), (37.5, "37.5 Ah")],  # full capacity per module
+    17: [(1234, "1234")],  # cycles
+    20: [(0.007, "7 mV"), (0.05, "50 mV"), (0.123, "123 mV")],  # cell spread
+    21: [(3.345, "3.345 V")],  # cells now
+}
+
+
+def test_values_are_displayed_as_written(node, dashboard):
+    cases = [
+        (panel_id, value, text) for panel_id, pairs in DISPLAYED.items() for value, text in pairs
+    ]
+    shown = grafana_display(
+        node,
+        [
+            {"config": _panel(dashboard, panel_id)["fieldConfig"]["defaults"], "values": [value]}
+            for panel_id, value, _ in cases
+        ],
+    )
+    wrong = [
+        f"{panel_name(_panel(dashboard, panel_id))}: {value} shown as {got[0]['text']!r}, "
+        f"expected {text!r}"
+        for (panel_id, value, text), got in zip(cases, shown)
+        if got[0]["text"] != text
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_display_check_sees_the_rounding_of_issue_12(node):
+    """Grafana's display code, as the dashboard had it configured: decimals 0 on a unit
+    that scales (2499 W as "2 kW"), decimals 3 on a spread in volts ("7.000 mV")."""
+    shown = grafana_display(
+        node,
+        [
+            {"config": {"unit": "watt", "decimals": 0}, "values": [2499]},
+            {"config": {"unit": "amph", "decimals": 0}, "values": [1480]},
+            {"config": {"unit": "volt", "decimals": 3}, "values": [0.007]},
+        ],
+    )
+    assert [s[0]["text"] for s in shown] == ["2 kW", "1 kAh", "7.000 mV"]
+
+
+# --------------------------------------------------------------------------------------
+# every panel copy at 2 banks x 16 modules, against a real Prometheus
+# --------------------------------------------------------------------------------------
+
+BIG_BANKS = 2
+BIG_MODULES = 16
+#: Reading 32 simulated modules takes about 3 s.
+BIG_INTERVAL = 5
+#: Shown (as a number) by Grafana no finer than this, by unit: the BMS's resolution.
+RESOLUTION = {"volt": 0.001, "amp": 0.1, "celsius": 0.1, "amph": 0.001, "suffix:Ah": 0.001}
+#: SI prefixes in displayed values, and the units whose displayed numbers are checked.
+SI_PREFIX = {"": 1.0, "k": 1e3, "M": 1e6, "m": 1e-3, "µ": 1e-6}
+CHECKED_UNITS = {"watt", "watth", "volt", "amp", "amph", "suffix:Ah", "celsius", "none"}
+
+
+@dataclass
+class Series:
+    labels: dict[str, str]
+    name: str  # as Grafana names it (legendFormat)
+    last: float | None  # the last number of the series
+
+
+@dataclass
+class CopyResult:
+    copy: PanelCopy
+    series: list[Series]
+    problems: list[str]  # queries that failed or had no data
+
+
+def bank_and_module_options(prometheus: Prometheus) -> dict[str, list[str]]:
+    def label_values(label: str, metric: str) -> list[str]:
+        found = prometheus.api(f"label/{label}/values", **{"match[]": metric})
+        return sorted(found, key=lambda v: (len(v), v))
+
+    return {
+        "bank": label_values("bank", "pylontech_up"),
+        "module": label_values("module", "pylontech_module_up"),
+    }
+
+
+def copy_values(dashboard: dict, panel_copy: PanelCopy) -> dict[str, str]:
+    """The variables as Grafana sets them in this copy: All, but the copy's own."""
+    values = all_values(dashboard)
+    values.update({k: grafana_regex_value([v]) for k, v in panel_copy.scope.items()})
+    return values
+
+
+def run_copy(prometheus: Prometheus, dashboard: dict, panel_copy: PanelCopy) -> CopyResult:
+    builtins = grafana_builtins(BIG_INTERVAL)
+    values = copy_values(dashboard, panel_copy)
+    series, problems = [], []
+    for target in panel_copy.panel.get("targets", []):
+        where = f"{panel_name(panel_copy.panel)} target {target['refId']}"
+        expr = substitute(target["expr"], values, builtins)
+        end = time.time()
+        if target.get("instant"):
+            result = prometheus.query(expr)
+        else:
+            result = prometheus.query_range(expr, end - 60, end, BIG_INTERVAL)
+        if not has_data(result) and where not in HEALTHY_EMPTY:
+            problems.append(f"{panel_copy.name} target {target['refId']}: no data\n    {expr}")
+        for found in result:
+            samples = found.get("values") or [found["value"]]
+            numbers = [float(v) for _, v in samples if not math.isnan(float(v))]
+            labels = found["metric"]
+            name = render_legend(target.get("legendFormat", ""), labels)
+            series.append(Series(labels, name, numbers[-1] if numbers else None))
+    return CopyResult(panel_copy, series, problems)
+
+
+@pytest.fixture(scope="module")
+def big_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[CopyResult]]:
+    """`pylontech-exporter --simulate` with 2 banks of 16 modules, scraped by a real
+    Prometheus with the recording rules; every panel copy's queries run once it has data."""
+    require_binary("promtool")
+    tmp = tmp_path_factory.mktemp("dashboard_2x16")
+    dashboard = load_dashboard()
+    with contextlib.ExitStack() as cleanup:
+        groups = [arg for group in range(BIG_BANKS) for arg in ("--group", str(group))]
+        exporter = cleanup.enter_context(
+            Exporter(
+                "--simulate", "--simulate.modules", str(BIG_MODULES), "--cache.ttl", "0", *groups
+            )
+        )
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {
+                        "scrape_interval": f"{BIG_INTERVAL}s",
+                        "scrape_timeout": f"{BIG_INTERVAL}s",
+                        "evaluation_interval": f"{BIG_INTERVAL}s",
+                    },
+                    "rule_files": [str(RECORDING_RULES)],
+                    "scrape_configs": [
+                        {
+                            "job_name": "pylontech",
+                            "static_configs": [{"targets": [exporter.address]}],
+                        }
+                    ],
+                }
+            ),
+            encoding="utf-8",
+        )
+        prometheus = start_prometheus(config, tmp)
+        cleanup.callback(prometheus.process.stop)
+        # Rates need two scrapes (that both read the bus: no cache) and the failure ratio
+        # an evaluation after them; it is NaN (not >= 0) until then.
+        ratio = "bank:pylontech_serial_request_failures:ratio_rate5m >= 0"
+        wait_until(
+            lambda: len(prometheus.query(ratio)) == BIG_BANKS,
+            "the recording rules to have data for both banks",
+            60,
+            interval=1,
+            alive=lambda: None if exporter.running() else exporter.describe(),
+        )
+        options = bank_and_module_options(prometheus)
+        assert options == {
+            "bank": [str(b) for b in range(BIG_BANKS)],
+            "module": [str(m) for m in range(1, BIG_MODULES + 1)],
+        }
+        yield [run_copy(prometheus, dashboard, c) for c in panel_copies(dashboard, options)]
+
+
+@pytest.mark.prometheus
+def test_every_panel_copy_has_data_at_2x16(big_stack: list[CopyResult]):
+    per_module = [r for r in big_stack if "module" in r.copy.scope]
+    # 3 panels for each of the 32 modules, each within the copy of its bank's row.
+    assert len(per_module) == 3 * BIG_BANKS * BIG_MODULES
+    assert all("bank" in r.copy.scope for r in per_module)
+    problems = [p for r in big_stack for p in r.problems]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.prometheus
+def test_no_panel_copy_mixes_banks_or_modules(big_stack: list[CopyResult]):
+    problems = []
+    for result in big_stack:
+        for variable, value in result.copy.scope.items():
+            other = {s.labels.get(variable) for s in result.series} - {value}
+            if other:
+                problems.append(
+                    f"{result.copy.name}: series of {variable} {sorted(other, key=str)}"
+                )
+        # Module numbers restart in every bank: a copy for "module 1" is one bank's.
+        banks = {s.labels.get("bank") for s in result.series}
+        if "module" in result.copy.scope and len(banks) > 1:
+            problems.append(f"{result.copy.name}: modules of banks {sorted(banks, key=str)}")
+        names = [s.name for s in result.series]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            problems.append(f"{result.copy.name}: several series named {twice}")
+    assert not problems, "\n".join(problems)
+
+
+def readability_problems(result: CopyResult) -> list[str]:
+    panel, count = result.copy.panel, len(result.series)
+    kind, h = panel["type"], panel["gridPos"]["h"]
+    if kind == "timeseries" and count > MAX_LINES:
+        return [f"{result.copy.name}: {count} lines, more than {MAX_LINES}"]
+    if kind == "state-timeline":
+        per_page = panel["options"].get("perPage") or count  # no pager without it
+        room = height_px(h) - STATE_TIMELINE_CHROME_PX - (PAGER_PX if count > per_page else 0)
+        if count > per_page or room / count < ROW_PX:
+            return [f"{result.copy.name}: {count} rows in {room} px (a page holds {per_page})"]
+    if kind == "bargauge":
+        if panel["options"].get("orientation") == "horizontal":
+            size, least = (height_px(h) - BAR_GAUGE_CHROME_PX) / count, MIN_BAR_HEIGHT_PX
+        else:
+            size, least = (result.copy.width * COLUMN_PX - 16) / count, MIN_BAR_WIDTH_PX
+        if size < least:
+            return [f"{result.copy.name}: {count} bars of {size:.0f} px, fewer than {least}"]
+    return []
+
+
+@pytest.mark.prometheus
+def test_panels_are_readable_at_2x16(big_stack: list[CopyResult]):
+    problems = [p for result in big_stack for p in readability_problems(result)]
+    assert not problems, "\n".join(problems)
+
+
+def displayed_number(text: str) -> tuple[float, float] | None:
+    """(value, step) of a displayed number such as "2.50 kW" (step: its last digit)."""
+    match = re.fullmatch(r"(-?\d+)(?:\.(\d+))?\s*([kMmµ]?)(\S*)", text.strip())
+    if not match:
+        return None
+    whole, decimals, prefix, unit = match.groups()
+    if prefix and not unit:  # "5 m" is not a prefix
+        unit, prefix = prefix, ""
+    scale = SI_PREFIX[prefix] * (0.01 if unit == "%" else 1)
+    number = float(f"{whole}.{decimals or 0}")
+    return number * scale, 10.0 ** -len(decimals or "") * scale
+
+
+@pytest.mark.prometheus
+def test_values_keep_their_precision_at_2x16(big_stack: list[CopyResult], node):
+    """Every number the stack shows, formatted by Grafana with its panel's settings: off
+    by at most 1 % (not 2499 W as "2 kW"), no decimal finer than the BMS measures (not
+    7 mV as "7.000 mV")."""
+    checked = [
+        (r, s)
+        for r in big_stack
+        if r.copy.panel["type"] in ("stat", "bargauge", "timeseries")
+        and r.copy.panel["fieldConfig"]["defaults"]["unit"] in CHECKED_UNITS
+        for s in r.series
+        if s.last is not None
+    ]
+    shown = grafana_display(
+        node,
+        [
+            {"config": r.copy.panel["fieldConfig"]["defaults"], "values": [s.last]}
+            for r, s in checked
+        ],
+    )
+    problems = []
+    for (result, series), [got] in zip(checked, shown):
+        unit = result.copy.panel["fieldConfig"]["defaults"]["unit"]
+        parsed = displayed_number(got["text"])
+        where = f"{result.copy.name} {series.name}: {series.last:g} shown as {got['text']!r}"
+        if parsed is None:
+            problems.append(f"{where}: not a number")
+            continue
+        number, step = parsed
+        if abs(number - series.last) > max(0.01 * abs(series.last), step / 2 + 1e-12):
+            problems.append(f"{where}: off by more than 1 %")
+        if "." in got["text"] and step < RESOLUTION.get(unit, 0) * (1 - 1e-9):
+            problems.append(f"{where}: finer than the {RESOLUTION[unit]:g} the BMS measures")
+    assert len(checked) > 500, len(checked)
+    assert not problems, "\n".join(problems)

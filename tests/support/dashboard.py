@@ -1,18 +1,26 @@
-"""Walking the Grafana dashboard: its panels, PromQL targets and template variables, and
-what Grafana does to an expression before it queries Prometheus."""
+"""Walking the Grafana dashboard: its panels, PromQL targets and template variables, how
+Grafana repeats and lays out panels, and what it does to an expression before it queries
+Prometheus; node for the checks that run Grafana's own packages."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from . import REPO
 
 DASHBOARD = REPO / "grafana" / "pylontech.json"
+#: The npm project with the schema check (check.mjs) and Grafana's display code
+#: (display.mjs).
+SCHEMA_CHECK = REPO / "tests" / "grafana_schema"
 #: Where a Grafana variable may appear in an expression: $name, ${name}, ${name:format},
 #: [[name]] (deprecated form).
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)(?::\w+)?\]\]")
@@ -22,6 +30,22 @@ NON_QUERY_PANELS = frozenset({"row", "text", "dashlist", "news"})
 
 def load_dashboard(path: Path = DASHBOARD) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def require_grafana_node() -> str:
+    """The path of node once SCHEMA_CHECK's packages are installed (`npm ci` there);
+    skips the test without them, or fails it with PYLONTECH_REQUIRE_GRAFANA_SCHEMA=1 (as
+    in CI)."""
+    node = shutil.which("node")
+    if node is None:
+        missing = "node is not on PATH"
+    elif not (SCHEMA_CHECK / "node_modules" / "@grafana" / "schema").is_dir():
+        missing = f"the npm packages are not installed: run `npm ci` in {SCHEMA_CHECK}"
+    else:
+        return node
+    if os.environ.get("PYLONTECH_REQUIRE_GRAFANA_SCHEMA") == "1":
+        pytest.fail(f"{missing} and PYLONTECH_REQUIRE_GRAFANA_SCHEMA=1")
+    pytest.skip(f"{missing}; set PYLONTECH_REQUIRE_GRAFANA_SCHEMA=1 to make this a failure")
 
 
 def iter_panels(panels: Iterable[dict]) -> Iterator[dict]:
@@ -68,11 +92,93 @@ def dashboard_targets(dashboard: dict) -> list[Target]:
                     )
                 )
     for annotation in dashboard.get("annotations", {}).get("list", []):
-        if annotation.get("expr"):
-            found.append(
-                Target(f"annotation {annotation.get('name')!r}", annotation["expr"], False)
-            )
+        expr = annotation_expr(annotation)
+        if expr:
+            found.append(Target(f"annotation {annotation.get('name')!r}", expr, False))
     return found
+
+
+def annotation_expr(annotation: dict) -> str:
+    """A Prometheus annotation's query: in `target` (as Grafana saves it since its
+    Prometheus data source moved it there) or, in older dashboards, at the top."""
+    return str((annotation.get("target") or {}).get("expr") or annotation.get("expr") or "")
+
+
+#: Grafana's grid: 24 columns; a unit of height is 30 px, with 8 px between panels.
+GRID_COLUMNS = 24
+GRID_UNIT_PX = 30
+GRID_MARGIN_PX = 8
+#: What Grafana repeats a panel up to per line when the panel does not say (maxPerRow).
+DEFAULT_MAX_PER_ROW = 4
+
+
+def height_px(h: int) -> int:
+    """The height in pixels of a panel ``h`` grid units high."""
+    return h * GRID_UNIT_PX + (h - 1) * GRID_MARGIN_PX
+
+
+@dataclass
+class PanelCopy:
+    """A panel as Grafana lays it out: a repeated panel, or one in a repeated row, once
+    per selected value of the variable; ``scope`` holds the variables of the copy (each
+    set to its one value), ``width`` its width in grid columns."""
+
+    panel: dict
+    scope: dict[str, str]
+    width: int
+
+    @property
+    def name(self) -> str:
+        title = str(self.panel.get("title", ""))
+        for variable, value in self.scope.items():
+            title = title.replace(f"${{{variable}}}", value).replace(f"${variable}", value)
+        scope = ", ".join(f"{k} {v}" for k, v in self.scope.items())
+        return f"panel {self.panel.get('id')} {title!r}" + (f" ({scope})" if scope else "")
+
+
+def panels_by_row(dashboard: dict) -> list[tuple[dict | None, dict]]:
+    """(row, panel) for every panel that is not a row, with the row it sits in: the
+    collapsed row that holds it, or the last row above it (None above the first row)."""
+    found: list[tuple[dict | None, dict]] = []
+    row = None
+    for panel in dashboard.get("panels", []):
+        if panel.get("type") == "row":
+            row = panel
+            found.extend((row, nested) for nested in panel.get("panels", []))
+        else:
+            found.append((row, panel))
+    return found
+
+
+def panel_copies(dashboard: dict, options: dict[str, list[str]]) -> list[PanelCopy]:
+    """Every panel copy Grafana shows when the variables have ``options`` selected (a
+    repeat needs the values of its variable)."""
+    copies = []
+    for row, panel in panels_by_row(dashboard):
+        row_variable = row.get("repeat") if row else None
+        for row_value in options[row_variable] if row_variable else [None]:
+            scope = {row_variable: row_value} if row_variable and row_value is not None else {}
+            variable = panel.get("repeat")
+            width = int(panel["gridPos"]["w"])
+            if not variable:
+                copies.append(PanelCopy(panel, scope, width))
+                continue
+            values = options[variable]
+            if panel.get("repeatDirection", "h") == "h":
+                per_row = panel.get("maxPerRow") or DEFAULT_MAX_PER_ROW
+                width = max(GRID_COLUMNS // len(values), GRID_COLUMNS // per_row)
+            copies.extend(PanelCopy(panel, {**scope, variable: v}, width) for v in values)
+    return copies
+
+
+def render_legend(legend_format: str, labels: dict[str, str]) -> str:
+    """A series' name as Grafana shows it: the target's legendFormat with each
+    ``{{label}}`` replaced (missing labels by nothing), else the series' selector."""
+    if not legend_format or legend_format == "__auto":
+        name = labels.get("__name__", "")
+        rest = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "__name__")
+        return f"{name}{{{rest}}}"
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), legend_format)
 
 
 def query_variables(dashboard: dict) -> list[dict]:

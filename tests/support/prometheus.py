@@ -114,9 +114,16 @@ def start_prometheus(config: Path, tmp: Path) -> Prometheus:
 #: They must still run without error, and must indeed be empty while healthy (anything
 #: else means the entry is stale and the expression belongs with the others).
 HEALTHY_EMPTY = {
-    "panel 27 'Protections (0x44 Status1)' target B": (
-        "lists only the protections that are active (`> 0`); none is on a healthy stack"
+    "panel 27 'Alarms and protections, bank $bank' target F": (
+        "lists only the modules with an active alarm (`> 0`); none has one on a healthy stack"
     ),
+    "panel 33 'Charge and discharge enabled, bank $bank' target C": (
+        "lists only the modules that refuse charging (`== 0`)"
+    ),
+    "panel 33 'Charge and discharge enabled, bank $bank' target D": (
+        "lists only the modules that refuse discharging (`== 0`)"
+    ),
+    "panel 35 'Reachability' target D": "lists only the modules that are down (`== 0`)",
     "annotation 'Pylontech alerts'": (
         "firing Pylontech alerts only; test_cell_drift_fires_the_imbalance_alerts checks "
         "that it returns them once alerts fire"
