@@ -56,6 +56,8 @@ class Cell:
     scrapes: list[dict[str, Any]] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)
     hints: list[str] = field(default_factory=list)
+    #: Why the cell could not be measured (the harness or the exporter failed).
+    error: str | None = None
 
     @property
     def first_complete(self) -> int | None:
@@ -63,7 +65,9 @@ class Cell:
         return next((i + 1 for i, s in enumerate(self.scrapes) if s["state"] == "up"), None)
 
     def verdict(self) -> str:
-        """``up``, ``up from #k``, ``flaky n/m``, ``partial`` or ``empty``."""
+        """``up``, ``up from #k``, ``flaky n/m``, ``partial``, ``empty`` or ``failed``."""
+        if self.error is not None or not self.scrapes:
+            return "failed"
         first = self.first_complete
         if first is None:
             return "empty" if all(s["state"] == "empty" for s in self.scrapes) else "partial"
@@ -75,6 +79,8 @@ class Cell:
 
     def why(self) -> str:
         """The evidence for a cell that is not ``up``."""
+        if self.error is not None or not self.scrapes:
+            return f"not measured: {self.error}"
         bad = [s for s in self.scrapes if s["state"] != "up"]
         last = bad[-1]
         parts = [f"scrape #{last['number']} ({last['seconds']:.2f} s): {last['missing']}"]
@@ -152,7 +158,10 @@ def run(options: Options) -> Result:
                 file=sys.stderr,
                 flush=True,
             )
-            cells.append(measure(modules, baud, groups, timeout, options))
+            try:
+                cells.append(measure(modules, baud, groups, timeout, options))
+            except Exception as error:  # one cell must not cost the others
+                cells.append(Cell(modules, baud, groups, timeout, 0.0, error=repr(error)))
     return Result(
         report(cells, timeouts),
         [c.__dict__ | {"verdict": c.verdict()} for c in cells],

@@ -101,6 +101,7 @@ def report(results: dict[str, Any]) -> str:
     m = results["machine"]
     out = [
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Python {m['python']}, {m['platform']}; "
+        f"commit {m['commit']}; "
         f"{'quick' if results['options']['quick'] else 'full'} run of {results['seconds']:.0f} s, "
         f"response latency {results['options']['latency']} s",
     ]

@@ -53,6 +53,7 @@ class StackRun:
     ready_at: float | None = None
     steady: list[dict[str, float]] = field(default_factory=list)
     concurrent: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
     def median(self, key: str) -> float:
         return statistics.median(s[key] for s in self.steady)
@@ -153,13 +154,20 @@ def run(options: Options) -> Result:
             f"scrape: {modules} modules x {groups} groups, {baud} Bd", file=sys.stderr, flush=True
         )
         extra = concurrent if (modules, baud, groups) == largest else 0
-        runs.append(measure(modules, baud, groups, options, extra))
-    return Result(report(runs), [r.__dict__ for r in runs])
+        try:
+            runs.append(measure(modules, baud, groups, options, extra))
+        except Exception as error:  # one stack must not cost the others
+            runs.append(StackRun(modules, baud, groups, error=repr(error)))
+    failures = [f"scrape: {r.modules} x {r.groups} at {r.baud}: {r.error}" for r in runs if r.error]
+    return Result(report(runs), [r.__dict__ for r in runs], failures)
 
 
 def report(runs: list[StackRun]) -> str:
     rows = []
     for r in runs:
+        if r.error:
+            rows.append([str(r.modules), str(r.groups), str(r.baud), f"failed: {r.error}"])
+            continue
         rows.append(
             [
                 str(r.modules),

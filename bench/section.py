@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .line import LATENCY
+
+REPO = Path(__file__).resolve().parent.parent
 
 #: Modules per group, baud rates, group counts and scrape timeouts of the full run.
 MODULES = (1, 4, 8, 16)
@@ -58,7 +62,23 @@ def machine() -> dict[str, Any]:
         "cpu": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "commit": commit(),
     }
+
+
+def commit() -> str:
+    """The checkout measured: its commit, ``-dirty`` when it has changes."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "unknown"
+    return described.stdout.strip() or "unknown (not a git checkout)"
 
 
 def load() -> str:
