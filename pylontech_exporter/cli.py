@@ -26,6 +26,7 @@ from .config import (
     DEFAULT_COMMAND_GAP,
     DEFAULT_LISTEN_MAX_AGE,
     DEFAULT_TIMEOUT,
+    PROTOCOLS,
     Config,
     banks_from_flags,
     check_ports,
@@ -219,6 +220,23 @@ def build_parser(command: str | None = None) -> Parser:
         type=module_count,
         metavar="N",
         help="modules per group on --serial.port, skipping discovery (default: discover)",
+    )
+    source.add_argument(
+        "--serial.protocol",
+        dest="serial_protocol",
+        type=_choice("protocol", PROTOCOLS),
+        default="rs485",
+        metavar="PROTOCOL",
+        help="rs485 (the RS485 port) or console (the RS232 console port, 115200 baud on "
+        "current firmware, for a stack whose RS485 port the inverter holds) "
+        "(default %(default)s)",
+    )
+    source.add_argument(
+        "--console.wakeup",
+        dest="console_wakeup",
+        action="store_true",
+        help="console of old firmware (US2000B, US3000) that starts at 1200 baud: send the "
+        "switch frame at 1200 baud when no prompt answers, then talk at --serial.baudrate",
     )
     source.add_argument(
         "--serial.listen-only",
@@ -445,6 +463,8 @@ def build_config(args: argparse.Namespace) -> Config:
         command_gap=args.serial_command_gap,
         listen_only=args.serial_listen_only,
         listen_max_age=args.listen_max_age,
+        protocol=args.serial_protocol,
+        console_wakeup=args.console_wakeup,
     )
     if args.config_file:
         return load_config(args.config_file, **settings)
@@ -463,6 +483,11 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Config, bool]]:
                 "--simulate reads the built-in virtual stack; leave out --serial.port and "
                 "--config.file"
             )
+        if args.serial_protocol == "console" and (args.serial_listen_only or len(args.group) > 1):
+            fail(
+                "--simulate --serial.protocol console reads one stack through its console: "
+                "one --group, no --serial.listen-only"
+            )
         from .demo import simulated_config
 
         with simulated_config(
@@ -471,6 +496,7 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Config, bool]]:
             timeout=args.serial_timeout,
             inverter=args.simulate_inverter if args.serial_listen_only else None,
             listen_max_age=args.listen_max_age,
+            protocol=args.serial_protocol,
         ) as config:
             yield config, True
         return
@@ -716,6 +742,29 @@ def _scan_port(
             found[index] = (port, address, serial_number, firmware)
 
 
+def _scan_console(port: str, serial: Any, group: int, found: list[Any]) -> None:
+    """The batteries ``pwr`` lists on the console ``port``, with their ``info N``."""
+    from .console.scan import Battery, scan
+    from .errors import PylontechError
+    from .models import module_address
+
+    print(f"reading pwr on the console {port} at {serial.baudrate} baud", file=sys.stderr)
+
+    def add(battery: Battery) -> None:
+        firmware = f"{battery.firmware} ({battery.device_name})"
+        found.append((port, module_address(group, battery.index), battery.serial_number, firmware))
+
+    try:
+        scan(serial, add)
+    except PylontechError as error:
+        print(
+            f"the console on {port} did not answer pwr ({error}): check the console cable "
+            "(RJ45/RJ11 'Console', not the RS485/CAN port) and the baud rate (115200; old "
+            "firmware starts at 1200: --console.wakeup)",
+            file=sys.stderr,
+        )
+
+
 def _listen_port(port: str, serial: Any, duration: float, found: list[Any]) -> None:
     """Listen to ``port`` for ``duration`` seconds (every group) and add each module
     heard to ``found``."""
@@ -757,6 +806,9 @@ def scan(args: argparse.Namespace) -> int:
             for port, (serial, groups) in ports.items():
                 if serial.listen_only:
                     _listen_port(port, serial, args.listen_duration, rows)
+                    continue
+                if serial.protocol == "console":
+                    _scan_console(port, serial, groups[0], rows)
                     continue
                 _scan_port(port, serial, _ranges(args, groups), args.scan_timeout, rows)
         except KeyboardInterrupt:

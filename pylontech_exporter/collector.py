@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import math
 import platform
 import time
 from collections.abc import Iterable, Iterator
@@ -22,7 +23,7 @@ from prometheus_client.samples import Sample
 
 from ._version import __version__
 from .errors import FAILURE_REASONS
-from .models import AlarmState, ModuleAlarms, ModuleStatus, Protections, sensor_name
+from .models import AlarmState, BaseState, ModuleAlarms, ModuleStatus, Protections, sensor_name
 from .snapshot import BankReading, ModuleReading, Snapshot
 
 #: The snapshot being rendered on this thread (set by the exposition).
@@ -210,8 +211,16 @@ class ListenCollector(_Part):
         return [frames, failures, unanswered, period]
 
 
+def _finite(family: GaugeMetricFamily, labels: list[str], value: float) -> None:
+    """A sample, unless the source did not read the value (NaN: e.g. the capacities of a
+    console module before its ``info N`` was read)."""
+    if math.isfinite(value):
+        family.add_metric(labels, value)
+
+
 class ReadingsCollector(_Part):
-    """Analog values (command 0x42) of every module read in this scrape::
+    """Analog values (command 0x42, or the console's ``pwr`` and ``bat N``) of every module
+    read in this scrape::
 
     pylontech_cell_voltage_volts{bank="0",cell="1",module="1"} 3.312
     pylontech_module_voltage_volts{bank="0",module="1"} 49.68
@@ -256,7 +265,7 @@ class ReadingsCollector(_Part):
         )
         soc = GaugeMetricFamily(
             "pylontech_module_state_of_charge_ratio",
-            h("Remaining over full capacity, 0..1"),
+            h("Remaining over full capacity, 0..1 (the console: its printed Coulomb %)"),
             labels=bm,
         )
         cycles = CounterMetricFamily(
@@ -268,19 +277,19 @@ class ReadingsCollector(_Part):
             labels = _labels(bank, module)
             where = {"bank": labels[0], "module": labels[1]}
             cell.samples.extend(  # as add_metric would, without its per-sample zip
-                Sample(cell.name, {**where, "cell": str(index)}, mv)
-                for index, mv in enumerate(v.cell_voltages, start=1)
+                Sample(cell.name, {**where, "cell": str(index)}, volts)
+                for index, volts in v.cells()
             )
-            voltage.add_metric(labels, v.voltage)
-            current.add_metric(labels, v.current)
-            power.add_metric(labels, v.power)
-            for index, celsius in enumerate(v.temperatures):
-                temperature.add_metric([*labels, sensor_name(index)], celsius)
-            remaining.add_metric(labels, v.remaining_capacity)
-            full.add_metric(labels, v.total_capacity)
-            if v.total_capacity:
-                soc.add_metric(labels, v.state_of_charge)
-            cycles.add_metric(labels, v.cycle_number)
+            _finite(voltage, labels, v.voltage)
+            _finite(current, labels, v.current)
+            _finite(power, labels, v.power)
+            for sensor, celsius in v.sensor_temperatures():
+                temperature.add_metric([*labels, sensor], celsius)
+            _finite(remaining, labels, v.remaining_capacity)
+            _finite(full, labels, v.total_capacity)
+            _finite(soc, labels, v.state_of_charge)  # NaN without a capacity
+            if v.cycles_known:
+                cycles.add_metric(labels, v.cycle_number)
         return [cell, voltage, current, power, temperature, remaining, full, soc, cycles]
 
 
@@ -296,7 +305,10 @@ def _state_set(family: GaugeMetricFamily, labels: dict[str, str], state: AlarmSt
 
 
 class AlarmsCollector(_Part):
-    """Alarm info (command 0x44): state sets and flags, always 0 or 1::
+    """Alarm info (command 0x44): state sets and flags, always 0 or 1. The console's state
+    words fill the state sets (cells from ``bat N``; ``sensor`` ``bms`` and ``mosfet``;
+    ``measurement`` ``module_voltage``, ``current``, ``cell_voltage``, ``cell_temperature``
+    from ``pwr``); it reports no protections, flags or cell voltage errors::
 
     pylontech_cell_voltage_state{bank="0",cell="1",module="1",state="normal"} 1.0
     pylontech_cell_voltage_state{bank="0",cell="1",module="1",state="low"} 0.0
@@ -323,7 +335,10 @@ class AlarmsCollector(_Part):
         )
         measurement_state = GaugeMetricFamily(
             "pylontech_module_measurement_state",
-            h("Charge current, module voltage and discharge current state set"),
+            h(
+                "Charge current, module voltage and discharge current state set (the "
+                "console: module_voltage, current, cell_voltage, cell_temperature)"
+            ),
             labels=[*bm, "measurement", "state"],
         )
         protection = GaugeMetricFamily(
@@ -343,10 +358,22 @@ class AlarmsCollector(_Part):
         )
         for bank, module in _up_modules(snapshot):
             alarms: ModuleAlarms | None = module.alarms
-            if alarms is None:
+            detail = module.detail
+            if alarms is None and detail is None:
                 continue
             labels = _labels(bank, module)
             where = {"bank": labels[0], "module": labels[1]}
+            if detail is not None:
+                for console_cell in detail.cells:
+                    if console_cell.voltage_state is not None:
+                        cell_labels = {**where, "cell": str(console_cell.cell)}
+                        _state_set(cell_state, cell_labels, console_cell.voltage_state)
+                for sensor, state in detail.temperature_states.items():
+                    _state_set(temperature_state, {**where, "sensor": sensor}, state)
+                for name, state in detail.measurement_states.items():
+                    _state_set(measurement_state, {**where, "measurement": name}, state)
+            if alarms is None:
+                continue
             for index, state in enumerate(alarms.cell_states, start=1):
                 _state_set(cell_state, {**where, "cell": str(index)}, state)
             for index, state in enumerate(alarms.temperature_states):
@@ -533,6 +560,211 @@ class InfoCollector(_Part):
         return [module_info, bank_info]
 
 
+#: The commands whose unparsed rows and fields the console counts, exported at 0 from
+#: the start.
+CONSOLE_COMMANDS = ("pwr", "bat", "info", "stat", "soh")
+_BASE_STATES = tuple(BaseState)
+
+
+class ConsoleCollector(_Part):
+    """What only the RS232 console reports; nothing for RS485 banks. Per cell and per
+    module from ``pwr`` and ``bat N`` of this scrape, lifetime counters and health from
+    ``stat N`` and ``soh N`` (read at discovery and hourly), the identity of ``info N``::
+
+    pylontech_cell_temperature_celsius{bank="0",cell="1",module="1"} 27.5
+    pylontech_cell_temperature_state{bank="0",cell="1",module="1",state="normal"} 1.0
+    pylontech_cell_balancing_active{bank="0",cell="1",module="1"} 0.0
+    pylontech_cell_state_of_charge_ratio{bank="0",cell="1",module="1"} 0.45
+    pylontech_cell_remaining_capacity_ampere_hours{bank="0",cell="1",module="1"} 44.231
+    pylontech_module_base_state{bank="0",module="1",state="charge"} 1.0
+    pylontech_module_cell_voltage_min_volts{bank="0",module="1"} 3.327
+    pylontech_module_cell_voltage_max_volts{bank="0",module="1"} 3.329
+    pylontech_module_cell_temperature_min_celsius{bank="0",module="1"} 26.6
+    pylontech_module_cell_temperature_max_celsius{bank="0",module="1"} 26.8
+    pylontech_module_state_of_health_ratio{bank="0",module="1"} 0.97
+    pylontech_module_discharged_ampere_hours_total{bank="0",module="1"} 10800.803
+    pylontech_module_lifetime_events_total{bank="0",event="bat_hv_times",module="1"} 37.0
+    pylontech_cell_state_of_health_count{bank="0",cell="1",module="1"} 1.0
+    pylontech_cell_state_of_health_info{bank="0",cell="1",module="1",status="normal"} 1.0
+    pylontech_module_identity_info{bank="0",board_version="V10R04",boot_version="V1.0",
+        comm_version="V2.0",device_name="US5000",manufacturer="Pylon",module="1",
+        release_date="22-08-10",soft_version="V1.3",specification="48V/100AH"} 1.0
+    pylontech_console_unparsed_total{bank="0",command="bat"} 0.0
+    """
+
+    def families(self, snapshot: Snapshot) -> Iterable[Metric]:
+        h = self.reading_help
+        bm = ["bank", "module"]
+        bmc = [*bm, "cell"]
+
+        def hourly(text: str) -> str:
+            return (
+                f"{text} (read at discovery and hourly; read time in "
+                "pylontech_module_last_read_timestamp_seconds)"
+            )
+
+        cell_temperature = GaugeMetricFamily(
+            "pylontech_cell_temperature_celsius", h("Cell temperature (bat N)"), labels=bmc
+        )
+        cell_temperature_state = GaugeMetricFamily(
+            "pylontech_cell_temperature_state",
+            h("Cell temperature state set: 1 for the current state (normal, low, high, fault)"),
+            labels=[*bmc, "state"],
+        )
+        balancing = GaugeMetricFamily(
+            "pylontech_cell_balancing_active", h("1 while the BMS balances the cell"), labels=bmc
+        )
+        cell_soc = GaugeMetricFamily(
+            "pylontech_cell_state_of_charge_ratio",
+            h("State of charge of the cell's own coulomb counter, 0..1"),
+            labels=bmc,
+        )
+        cell_charge = GaugeMetricFamily(
+            "pylontech_cell_remaining_capacity_ampere_hours",
+            h("Remaining capacity of the cell's own coulomb counter"),
+            labels=bmc,
+        )
+        base = GaugeMetricFamily(
+            "pylontech_module_base_state",
+            h("What the module does, a state set: charge, discharge, idle, balance, other"),
+            labels=[*bm, "state"],
+        )
+        extremes = {
+            name: GaugeMetricFamily(f"pylontech_module_{name}", h(text), labels=bm)
+            for name, text in (
+                ("cell_voltage_min_volts", "Lowest cell voltage (pwr Vlow)"),
+                ("cell_voltage_max_volts", "Highest cell voltage (pwr Vhigh)"),
+                ("cell_temperature_min_celsius", "Coldest cell temperature (pwr Tlow)"),
+                ("cell_temperature_max_celsius", "Warmest cell temperature (pwr Thigh)"),
+            )
+        }
+        health = GaugeMetricFamily(
+            "pylontech_module_state_of_health_ratio",
+            hourly("State of health the BMS reports (stat SOH / 100)"),
+            labels=bm,
+        )
+        discharged = CounterMetricFamily(
+            "pylontech_module_discharged_ampere_hours",
+            hourly("Charge discharged over the module's life (stat Dsg Cap)"),
+            labels=bm,
+        )
+        events = CounterMetricFamily(
+            "pylontech_module_lifetime_events",
+            hourly("Lifetime counters of stat N, by its key (coc_times, bat_ov_times, ...)"),
+            labels=[*bm, "event"],
+        )
+        soh_count = GaugeMetricFamily(
+            "pylontech_cell_state_of_health_count",
+            hourly("SOHCount of the cell (soh N)"),
+            labels=bmc,
+        )
+        soh_status = GaugeMetricFamily(
+            "pylontech_cell_state_of_health_info",
+            hourly("SOHStatus of the cell as printed, lowercased (soh N); always 1"),
+            labels=[*bmc, "status"],
+        )
+        identity = GaugeMetricFamily(
+            "pylontech_module_identity_info",
+            hourly("Identity of the module as info N prints it; always 1"),
+            labels=[
+                *bm,
+                "device_name",
+                "manufacturer",
+                "soft_version",
+                "boot_version",
+                "comm_version",
+                "board_version",
+                "release_date",
+                "specification",
+            ],
+        )
+        unparsed = CounterMetricFamily(
+            "pylontech_console_unparsed",
+            "Rows and fields of console answers that did not parse and were skipped",
+            labels=["bank", "command"],
+        )
+        for bank in snapshot.banks:
+            if bank.unparsed is not None:
+                for command in sorted(set(CONSOLE_COMMANDS) | set(bank.unparsed)):
+                    unparsed.add_metric([bank.name, command], bank.unparsed.get(command, 0))
+        for bank, module in _up_modules(snapshot):
+            labels = _labels(bank, module)
+            where = {"bank": labels[0], "module": labels[1]}
+            detail = module.detail
+            if detail is not None:
+                for cell in detail.cells:
+                    at = [*labels, str(cell.cell)]
+                    if cell.temperature is not None:
+                        cell_temperature.add_metric(at, cell.temperature)
+                    if cell.temperature_state is not None:
+                        state_labels = {**where, "cell": at[2]}
+                        _state_set(cell_temperature_state, state_labels, cell.temperature_state)
+                    if cell.balancing is not None:
+                        balancing.add_metric(at, float(cell.balancing))
+                    if cell.state_of_charge is not None:
+                        cell_soc.add_metric(at, cell.state_of_charge)
+                    if cell.remaining_capacity is not None:
+                        cell_charge.add_metric(at, cell.remaining_capacity)
+                if detail.base_state is not None:
+                    for state in _BASE_STATES:
+                        base.add_metric(
+                            [*labels, state.value], 1.0 if detail.base_state is state else 0.0
+                        )
+                for name, value in (
+                    ("cell_voltage_min_volts", detail.cell_voltage_min),
+                    ("cell_voltage_max_volts", detail.cell_voltage_max),
+                    ("cell_temperature_min_celsius", detail.cell_temperature_min),
+                    ("cell_temperature_max_celsius", detail.cell_temperature_max),
+                ):
+                    if value is not None:
+                        extremes[name].add_metric(labels, value)
+            stats = module.statistics
+            if stats is not None:
+                if stats.state_of_health is not None:
+                    health.add_metric(labels, stats.state_of_health)
+                if stats.discharged is not None:
+                    discharged.add_metric(labels, stats.discharged)
+                for event, count in sorted(stats.events.items()):
+                    events.add_metric([*labels, event], count)
+            for row in module.cell_health or ():
+                at = [*labels, str(row.cell)]
+                if row.count is not None:
+                    soh_count.add_metric(at, row.count)
+                soh_status.add_metric([*at, row.status.lower()], 1.0)
+            known = module.identity
+            if known is not None:
+                identity.add_metric(
+                    [
+                        *labels,
+                        known.device_name,
+                        known.manufacturer,
+                        known.software_version,
+                        known.boot_version,
+                        known.comm_version,
+                        known.board_version,
+                        known.release_date,
+                        known.specification,
+                    ],
+                    1.0,
+                )
+        return [
+            cell_temperature,
+            cell_temperature_state,
+            balancing,
+            cell_soc,
+            cell_charge,
+            base,
+            *extremes.values(),
+            health,
+            discharged,
+            events,
+            soh_count,
+            soh_status,
+            identity,
+            unparsed,
+        ]
+
+
 class PylontechCollector(Collector):
     """Every family of docs/metrics.md, from the snapshot being served.
 
@@ -551,6 +783,7 @@ class PylontechCollector(Collector):
             ManagementCollector(ttl),
             ThresholdsCollector(ttl),
             InfoCollector(ttl),
+            ConsoleCollector(ttl),
         ]
 
     def describe(self) -> Iterable[Metric]:

@@ -18,6 +18,8 @@ YAML schema (``--config.file``)::
         bank_query: auto      # auto | on | off: bank-wide (FF) reads of 0x42/0x44
         listen_only: false    # true: an inverter is the master; listen, never send
         listen_max_age: 30    # listen-only: readings older than this are not exported
+        protocol: rs485       # rs485 | console (the RS232 console); default: --serial.protocol
+        console_wakeup: false # console: switch an old 1200-baud console to baudrate first
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ DEFAULT_LISTEN_MAX_AGE = 30.0
 MAX_LISTEN_MAX_AGE = 3600.0
 #: The URL schemes a port may have (a path has none).
 URL_SCHEMES = ("socket", "rfc2217")
+#: What a port may speak: RS485 protocol V3.3, or the RS232 console's text shell.
+PROTOCOLS = ("rs485", "console")
+#: The console's rate on current firmware (old firmware starts at 1200: console_wakeup).
+CONSOLE_BAUDRATE = 115200
 
 
 def shown(value: Any) -> str:
@@ -183,6 +189,21 @@ def check_listen_only(value: Any, where: str = "listen_only") -> bool:
     return value
 
 
+def check_protocol(value: Any, where: str = "protocol") -> str:
+    if value not in PROTOCOLS:
+        raise ConfigError(
+            f"{where}: must be rs485 (the RS485 port) or console (the RS232 console port), "
+            f"got {shown(value)}"
+        )
+    return str(value)
+
+
+def _check_flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: must be true or false, got {shown(value)}")
+    return value
+
+
 def _check_name(value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
         raise ConfigError(f"{where}: must be a non-empty string, got {shown(value)}")
@@ -202,6 +223,8 @@ _BANK_KEYS = (
     "bank_query",
     "listen_only",
     "listen_max_age",
+    "protocol",
+    "console_wakeup",
 )
 
 
@@ -227,13 +250,25 @@ def check_banks(banks: list[BankConfig], source: str) -> list[BankConfig]:
         if other != bank.serial:
             raise ConfigError(
                 f"{source}: banks on port {bank.port} disagree on baudrate/timeout/"
-                "command_gap/listen_only/listen_max_age; banks sharing a port share one "
+                "command_gap/listen_only/listen_max_age/protocol; banks sharing a port share one "
                 "connection, give them the same settings"
             )
         if bank.serial.listen_only and bank.serial.protocol != "rs485":
             raise ConfigError(
                 f"{source}: bank {bank.name}: listen-only works on the RS485 protocol "
                 f"only, not {bank.serial.protocol}"
+            )
+        if bank.serial.console_wakeup and bank.serial.protocol != "console":
+            raise ConfigError(
+                f"{source}: bank {bank.name}: the console wakeup is for the console "
+                "protocol; give protocol console (--serial.protocol console) or leave it out"
+            )
+    consoles = [b.port for b in banks if b.serial.protocol == "console"]
+    for port in dict.fromkeys(consoles):
+        if consoles.count(port) > 1:
+            raise ConfigError(
+                f"{source}: port {port} is a console and lists {consoles.count(port)} banks; "
+                "a console shows one stack: configure one bank on it (one --group)"
             )
     return banks
 
@@ -248,6 +283,8 @@ def banks_from_flags(
     modules: int | None = None,
     listen_only: bool = False,
     listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
+    protocol: str = "rs485",
+    console_wakeup: bool = False,
 ) -> Config:
     """The banks ``--serial.port`` and ``--group`` describe: one per group, named by it,
     each with ``modules`` modules (None: discover)."""
@@ -260,6 +297,8 @@ def banks_from_flags(
         ),
         listen_only=listen_only,
         listen_max_age=_check_max_age(listen_max_age, "--listen.max-age"),
+        protocol=check_protocol(protocol, "--serial.protocol"),
+        console_wakeup=console_wakeup,
     )
     banks = [
         BankConfig(
@@ -281,6 +320,8 @@ def load_config(
     command_gap: float = DEFAULT_COMMAND_GAP,
     listen_only: bool = False,
     listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
+    protocol: str = "rs485",
+    console_wakeup: bool = False,
 ) -> Config:
     """Read and check a YAML config file. The keyword arguments are the defaults for
     banks that leave the setting out (the values of the ``--serial.*`` flags)."""
@@ -293,6 +334,8 @@ def load_config(
         command_gap=command_gap,
         listen_only=listen_only,
         listen_max_age=listen_max_age,
+        protocol=protocol,
+        console_wakeup=console_wakeup,
     )
 
 
@@ -305,6 +348,8 @@ def parse_config(
     command_gap: float = DEFAULT_COMMAND_GAP,
     listen_only: bool = False,
     listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
+    protocol: str = "rs485",
+    console_wakeup: bool = False,
 ) -> Config:
     """Check a parsed YAML document (see the module docstring for the schema)."""
     if not isinstance(document, dict):
@@ -348,6 +393,10 @@ def parse_config(
             ),
             listen_max_age=_check_max_age(
                 entry.get("listen_max_age", listen_max_age), f"{where}.listen_max_age"
+            ),
+            protocol=check_protocol(entry.get("protocol", protocol), f"{where}.protocol"),
+            console_wakeup=_check_flag(
+                entry.get("console_wakeup", console_wakeup), f"{where}.console_wakeup"
             ),
         )
         banks.append(

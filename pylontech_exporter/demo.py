@@ -32,11 +32,14 @@ def simulated_config(
     latency: float = SIMULATED_LATENCY,
     inverter: str | None = None,
     listen_max_age: float = DEFAULT_LISTEN_MAX_AGE,
+    protocol: str = "rs485",
 ) -> Iterator[Config]:
     """Start a virtual stack of ``modules`` modules in each of ``groups`` (default
     ``[0]``) and yield a config whose banks read it; stop it on exit. ``inverter`` names
-    a poll profile: a virtual inverter is the master and the banks only listen."""
-    from .simulator import BatteryStack, Rs485Responder
+    a poll profile: a virtual inverter is the master and the banks only listen. With
+    ``protocol`` ``console`` the stack (one group) is read through its RS232 console."""
+    from .simulator import BatteryStack, Responder, Rs485Responder
+    from .simulator.console import ConsoleResponder
     from .simulator.inverter import Inverter, get_profile
     from .simulator.serve import serve_tcp
 
@@ -44,13 +47,17 @@ def simulated_config(
     stack = BatteryStack(modules=modules, groups=groups, model=SIMULATED_MODEL)
     stack.follow_clock()
     master = Inverter(stack, get_profile(inverter)) if inverter else None
-    server = serve_tcp(Rs485Responder(stack), "127.0.0.1", 0, latency=latency, inverter=master)
+    responder: Responder = (
+        ConsoleResponder(stack) if protocol == "console" else Rs485Responder(stack)
+    )
+    server = serve_tcp(responder, "127.0.0.1", 0, latency=latency, inverter=master)
     try:
         serial = SerialSettings(
             port=server.url,
             timeout=timeout,
             listen_only=master is not None,
             listen_max_age=listen_max_age,
+            protocol=protocol,
         )
         banks = [BankConfig(name=str(g), serial=serial, group=g) for g in groups]
         log.info(
@@ -61,6 +68,7 @@ def simulated_config(
                 modules=modules,
                 model=SIMULATED_MODEL,
                 inverter=inverter or "none",
+                protocol=protocol,
             ),
         )
         yield Config(banks=banks, source="--simulate")

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .models import active_alarms, sensor_name
+from .models import active_alarms, active_states
 from .snapshot import BankReading, ModuleReading, Snapshot
 
 
@@ -45,7 +45,7 @@ def to_dict(snapshot: Snapshot) -> dict[str, Any]:
                 entry["values"]["power"] = _plain(module.values.power)
                 entry["values"]["state_of_charge"] = _plain(module.values.state_of_charge)
                 entry["values"]["temperature_sensors"] = [
-                    sensor_name(i) for i in range(len(module.values.temperatures))
+                    sensor for sensor, _ in module.values.sensor_temperatures()
                 ]
         banks.append(data)
     return {"taken_at": snapshot.taken_at, "duration": snapshot.duration, "banks": banks}
@@ -57,6 +57,8 @@ def render_json(snapshot: Snapshot) -> str:
 
 def _alarms(module: ModuleReading) -> str:
     if module.alarms is None:
+        if module.detail is not None:  # the console's states
+            return ", ".join(active_states(module.detail)) or "none"
         return "not read"
     return ", ".join(active_alarms(module.alarms)) or "none"
 
@@ -154,7 +156,7 @@ def render_table(snapshot: Snapshot) -> str:
                     f"{min(v.cell_voltages):.3f} V" if v.cell_voltages else "-",
                     f"{max(v.cell_voltages):.3f} V" if v.cell_voltages else "-",
                     f"{max(v.temperatures):.1f} C" if v.temperatures else "-",
-                    str(v.cycle_number),
+                    str(v.cycle_number) if v.cycles_known else "-",
                     _alarms(m),
                 )
             )

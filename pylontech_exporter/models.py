@@ -389,3 +389,23 @@ class CellHealth:
     count: int | None
     #: ``SOHStatus`` as printed (``Normal``, ``00000000``, ...).
     status: str
+
+
+def active_states(detail: ModuleDetail) -> list[str]:
+    """What is not normal in the console's states of a module, in words ("current high",
+    "temperature mosfet fault", "cell 4 low"): what ``dump`` shows as its alarms."""
+    active = [
+        f"{name.replace('_', ' ')} {state.name.lower()}"
+        for name, state in detail.measurement_states.items()
+        if state != AlarmState.NORMAL
+    ]
+    active += [
+        f"temperature {sensor} {state.name.lower()}"
+        for sensor, state in detail.temperature_states.items()
+        if state != AlarmState.NORMAL
+    ]
+    for cell in detail.cells:
+        for what, state in (("", cell.voltage_state), (" temperature", cell.temperature_state)):
+            if state is not None and state != AlarmState.NORMAL:
+                active.append(f"cell {cell.cell}{what} {state.name.lower()}")
+    return active

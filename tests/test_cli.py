@@ -33,6 +33,8 @@ FLAGS = [
     (None, ["--modules", "4"], "modules", 4, "4"),
     (None, ["--serial.listen-only"], "serial_listen_only", True, "true"),
     (None, ["--listen.max-age", "12.5"], "listen_max_age", 12.5, "12.5"),
+    (None, ["--serial.protocol", "console"], "serial_protocol", "console", "console"),
+    (None, ["--console.wakeup"], "console_wakeup", True, "true"),
     (None, ["--config.file", "b.yml"], "config_file", "b.yml", "b.yml"),
     (None, ["--simulate"], "simulate", True, "true"),
     (None, ["--simulate.modules", "5"], "simulate_modules", 5, "5"),
@@ -69,6 +71,8 @@ DEFAULTS = {
     "serial_listen_only": False,
     "listen_max_age": 30.0,
     "simulate_inverter": "full",
+    "serial_protocol": "rs485",
+    "console_wakeup": False,
 }
 
 
@@ -84,7 +88,7 @@ def test_each_flag_and_its_environment_variable(command, argv, dest, value, env_
     assert getattr(parse_args(_cmd(command), environ=env), dest) == value
     # The flag wins over the environment.
     other = {env_name(flag): "7" if value != 7 else "8"} if not isinstance(value, bool) else {}
-    if other and dest not in ("log_level", "log_format", "simulate_inverter"):
+    if other and dest not in ("log_level", "log_format", "simulate_inverter", "serial_protocol"):
         assert getattr(parse_args([*_cmd(command), *argv], environ=other), dest) == value
 
 

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from typing import Callable, NoReturn
 
 from .battery import BatteryStack
+from .console import FIRMWARES, MODEL_FIRMWARE, ConsoleResponder
 from .faults import FAULT_HELP, Fault, parse_fault
 from .inverter import PROFILES, Inverter
 from .models import MODELS, get_model, with_cells
+from .responder import Responder
 from .rs485 import Rs485Responder
 from .serve import GATEWAY_MODES, PtySimulator, TcpSimulator
 
@@ -133,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --master: seconds between poll cycles (default: the profile's)",
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="serve the RS232 console (the pylon> shell) of one group instead of RS485; "
+        "read it with pylontech-exporter --serial.protocol console",
+    )
+    parser.add_argument(
+        "--firmware",
+        choices=list(FIRMWARES),
+        metavar="FIRMWARE",
+        help=f"with --console: the layout, one of {', '.join(FIRMWARES)} (default: the "
+        "master's model's: "
+        + ", ".join(f"{model} {firmware}" for model, firmware in MODEL_FIRMWARE.items())
+        + ")",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--baudrate", type=_positive(int), help="pace answers at this rate")
     parser.add_argument(
@@ -170,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--master: the inverter's traffic is heard through --gateway broadcast only")
     if args.master_period is not None and (not args.master or args.master_period <= 0):
         parser.error("--master-period needs --master and a positive number of seconds")
+    if args.firmware and not args.console:
+        parser.error("--firmware chooses the console's layout: give --console too")
+    if args.console and args.master:
+        parser.error("--master plays an inverter on RS485; the console has no bus master")
     specs = models if len(models) > 1 else models * count
     if args.cells:
         specs = [with_cells(get_model(name), args.cells) for name in specs]
@@ -181,15 +202,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stack.faults.extend(args.fault)
     stack.follow_clock(speed=args.speed)
-    inverter = (
-        Inverter(stack, PROFILES[args.master], args.master_period) if args.master else None
-    )
+    inverter = Inverter(stack, PROFILES[args.master], args.master_period) if args.master else None
     options = {"baudrate": args.baudrate, "latency": args.latency, "inverter": inverter}
+    responder: Responder = (
+        ConsoleResponder(stack, firmware=args.firmware) if args.console else Rs485Responder(stack)
+    )
     server: PtySimulator | TcpSimulator
     if args.pty:
-        server = PtySimulator(Rs485Responder(stack), args.pty, **options)
+        server = PtySimulator(responder, args.pty, **options)
     else:
-        server = TcpSimulator(Rs485Responder(stack), *args.tcp, gateway=args.gateway, **options)
+        server = TcpSimulator(responder, *args.tcp, gateway=args.gateway, **options)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -200,6 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     addresses = " ".join(f"0x{m.address:02X}" for m in stack.modules)
     print(f"{','.join(models)} modules at {addresses}", file=sys.stderr, flush=True)
+    if isinstance(responder, ConsoleResponder):
+        print(
+            f"the console of group {responder.group}: {responder.prompt} shell, firmware "
+            f"{responder.firmware.name}",
+            file=sys.stderr,
+            flush=True,
+        )
     if inverter is not None:
         print(
             f"an inverter polls them: {inverter.profile.description} "
