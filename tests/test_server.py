@@ -23,7 +23,12 @@ from support.waiting import wait_for
 
 from pylontech_exporter.collector import DEFAULT_SCRAPE_TIMEOUT
 from pylontech_exporter.exposition import Exposition
-from pylontech_exporter.server import MAX_SCRAPE_TIMEOUT, ExporterServer, scrape_budget
+from pylontech_exporter.server import (
+    MAX_CONNECTIONS,
+    MAX_SCRAPE_TIMEOUT,
+    ExporterServer,
+    scrape_budget,
+)
 from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.serve import TcpSimulator
 from pylontech_exporter.snapshot import Snapshot
@@ -313,14 +318,18 @@ def test_concurrent_scrapes_of_one_snapshot_share_one_render(stack):
         TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
         InProcessExporter(bank(tcp.url), cache_ttl=60) as exporter,
     ):
+        scrapers = MAX_CONNECTIONS // 2  # under the cap: every scrape must be answered
+        start = threading.Barrier(scrapers)
         results: list[int] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(exporter.get("/metrics")[0]))
-            for _ in range(100)
-        ]
+
+        def scrape() -> None:
+            start.wait()
+            results.append(exporter.get("/metrics")[0])
+
+        threads = [threading.Thread(target=scrape) for _ in range(scrapers)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
-        assert results == [200] * 100
+        assert results == [200] * scrapers
         assert exporter.server.exposition.renders == 1
