@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..deadline import Deadline
 from ..errors import DeadlinePassed, FrameError, PylontechError, ResponseError, ResponseTimeout
@@ -313,10 +313,12 @@ class ConsoleShell:
                 limit = time.monotonic() + self.timeout + WIRE_BYTES * 10 / transport.baudrate
                 continue
             prompt = is_prompt(unit)
-            if b"$$" not in unit and not _PROMPT_AT_END.sub(b"", unit).strip(b"\r\n\x00 \t"):
-                continue  # an empty prompt (an extra Enter)
             text = b"".join([*pages, unit]).decode("latin-1")
             answer = parse_answer(text, command, paged=bool(pages))
+            if b"$$" not in unit and not (
+                pages or any(line.strip() == "@" for line in lines_of(text))
+            ):
+                continue  # a prompt after an extra Enter, not an answer that lost its $$
             if not answer.echoes(command):
                 # A late answer to an earlier command, or noise before a prompt.
                 log.debug("ignoring an answer that is not to %r: %r", command, text[:60])
@@ -326,7 +328,7 @@ class ConsoleShell:
                 self._synced_at(answer.prompt)
             else:
                 self._await_prompt(limit, deadline)
-            return answer
+            return replace(answer, prompt=self.prompt) if self.synced else answer
 
     def _synced_at(self, prompt: str | None) -> None:
         self.synced = True

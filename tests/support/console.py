@@ -3,8 +3,15 @@ the repository) and helpers for tests of the console source."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+from pylontech_exporter.deadline import Deadline
+from pylontech_exporter.errors import DeadlinePassed, ResponseTimeout
+from pylontech_exporter.simulator.console import LineSplitter
+from pylontech_exporter.simulator.responder import Reply
 
 from . import REPO
 
@@ -18,3 +25,76 @@ def transcript_bytes(record: dict[str, Any]) -> bytes:
     if "raw_device_only" in record:
         return record["raw_device_only"].encode("latin-1")
     return Path(CONSOLE / "transcripts" / f"{record['id']}.raw").read_bytes()
+
+
+class ScriptedConsole:
+    """A console whose answers a test writes: ``script(line)`` gets each typed line (its
+    terminator included) and returns the bytes to send after the echo (None: silence).
+    ``received`` lists every line, as the virtual console's does. ``echo=False``: the
+    script's bytes are all that is sent."""
+
+    def __init__(self, script: Callable[[bytes], bytes | None], *, echo: bool = True) -> None:
+        from pylontech_exporter.simulator import BatteryStack
+
+        self.stack = BatteryStack(modules=1)
+        self.script = script
+        self.echo = echo
+        self.received: list[bytes] = []
+
+    def framer(self) -> LineSplitter:
+        return LineSplitter()
+
+    def handle(self, request: bytes) -> Reply:
+        self.received.append(request)
+        answer = self.script(request)
+        if answer is None:
+            return Reply(None)
+        return Reply(request + answer if self.echo else answer)
+
+
+def table_answer(rows: list[str], prompt: str = "pylon>") -> bytes:
+    """A table answer as the firmware frames it (after the echo)."""
+    body = "\r\r\n".join(rows)
+    text = f"\r@\r\r\n{body}\r\n\rCommand completed successfully\r\n\r$$\r\n\r{prompt}"
+    return text.encode("latin-1")
+
+
+class ResponderShell:
+    """The read plan's view of a console, without a line: each command goes to ``responder``
+    (the virtual console) and takes ``step`` seconds of the test's ``clock``; ``asked``
+    lists the commands. A reply without ``$$`` (silence, a truncated answer) is a timeout;
+    an error answer is CommandFailed, as through the real shell."""
+
+    def __init__(self, responder: Any, clock: list[float], *, step: float = 0.01) -> None:
+        from pylontech_exporter.console.shell import CommandStats
+
+        self.responder = responder
+        self.clock = clock
+        self.step = step
+        self.stats = CommandStats()
+        self.asked: list[str] = []
+        self.transport = SimpleNamespace(is_open=True, generation=1, baudrate=115200)
+
+    def run(self, command: str, deadline: Deadline | None = None) -> Any:
+        from pylontech_exporter.console.shell import CommandFailed, check_command, parse_answer
+
+        check_command(command)
+        if deadline is not None and deadline.passed():
+            raise DeadlinePassed(f"{command}: the deadline passed before it was sent")
+        self.asked.append(command)
+        self.stats.requests += 1
+        self.clock[0] += self.step
+        if deadline is not None and deadline.passed():
+            raise DeadlinePassed(f"{command}: the deadline came before the answer")
+        data = self.responder.handle(command.encode() + b"\n").data
+        if data is None or b"$$" not in data:
+            self.stats.failures["timeout"] += 1
+            raise ResponseTimeout(f"{command}: no answer")
+        answer = parse_answer(data.decode("latin-1"), command)
+        if not answer.completed:
+            self.stats.failures["return_code"] += 1
+            raise CommandFailed(command, answer.message)
+        return answer
+
+    def close(self) -> None:
+        pass
