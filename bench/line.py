@@ -1,4 +1,5 @@
-"""The emulated RS485 line: a simulator whose timing is exactly the wire's.
+"""The emulated line: a simulator whose timing is exactly the wire's (RS485 here; the
+console's line is :class:`bench.console.ConsoleLine`, on the same :class:`PacedLine`).
 
 The simulator paces its answers at the baud rate after ``latency`` seconds, counted from
 when it has built the answer. For a benchmark against the wire limit two things are added
@@ -24,12 +25,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from pylontech_exporter.rs485.frame import encode_request
 from pylontech_exporter.simulator import (
     BatteryStack,
     PtySimulator,
     Reply,
+    Responder,
     Rs485Responder,
     TcpSimulator,
 )
@@ -58,24 +61,43 @@ class Exchange:
         return f"{self.command:02X}@{self.address:02X}{' ' + target if target else ''}"
 
 
+class Recorded(Protocol):
+    """What the floor needs of an exchange: when, and bytes each way."""
+
+    at: float
+    request: int
+    response: int
+
+
+E = TypeVar("E", bound=Recorded)
+
+
 @dataclass
-class Line:
-    """Wraps the RS485 responder's ``handle`` and ``stack.sync`` of a stack served by
-    ``serve_pty``/``serve_tcp``."""
+class PacedLine(Generic[E]):
+    """Wraps a responder's ``handle`` and ``stack.sync`` of a stack served by
+    ``serve_pty``/``serve_tcp``: the line's timing as above, and a record ``E`` of every
+    exchange (:meth:`record` says what is kept of one)."""
 
     stack: BatteryStack
     baudrate: int | None = None
     latency: float = 0.0
-    exchanges: list[Exchange] = field(default_factory=list)
+    exchanges: list[E] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.responder = Rs485Responder(self.stack)
+        self.responder = self.make_responder()
         self._handle = self.responder.handle
         self._sync = self.stack.sync
         self._started = 0.0
         self._lock = threading.Lock()
         self.responder.handle = self._timed_handle  # type: ignore[method-assign]
         self.stack.sync = self._timed_sync  # type: ignore[method-assign]
+
+    def make_responder(self) -> Responder:
+        raise NotImplementedError
+
+    def record(self, at: float, request: bytes, answer: bytes) -> E:
+        """What is kept of ``request`` answered by ``answer`` (due to start at ``at``)."""
+        raise NotImplementedError
 
     def serve_pty(self, link: str) -> PtySimulator:
         server = PtySimulator(self.responder, link, baudrate=None, latency=0.0)
@@ -96,47 +118,56 @@ class Line:
         self._server.baudrate = baudrate
         self._server.latency = latency
 
-    def reset(self) -> list[Exchange]:
+    def reset(self) -> list[E]:
         """The exchanges recorded so far; the record starts again empty."""
         with self._lock:
             done, self.exchanges = self.exchanges, []
         return done
 
-    def between(self, start: float, end: float) -> list[Exchange]:
+    def between(self, start: float, end: float) -> list[E]:
         """The recorded exchanges that began within [start, end] (time.monotonic())."""
         with self._lock:
             return [e for e in self.exchanges if start <= e.at <= end]
 
-    def floor(self, exchanges: Iterable[Exchange] | None = None) -> float:
+    def floor(self, exchanges: Iterable[E] | None = None) -> float:
         """Seconds the exchanges (default: those recorded) need at least on this line."""
-        exchanges = list(self.exchanges if exchanges is None else exchanges)
+        done = list(self.exchanges if exchanges is None else exchanges)
         assert self.baudrate
-        wire = sum(e.request + e.response for e in exchanges) * 10 / self.baudrate
-        return wire + self.latency * len(exchanges)
+        wire = sum(e.request + e.response for e in done) * 10 / self.baudrate
+        return wire + self.latency * len(done)
 
     def _timed_sync(self) -> None:
         self._started = time.monotonic()
         self._sync()
 
     def _timed_handle(self, request: bytes) -> Reply:
-        sent = request
         reply = self._handle(request)
         if reply.data is None:
             return reply
-        start = sent.rfind(b"~")
-        exchange = Exchange(
-            at=self._started,
-            request=len(sent),
-            response=len(reply.data),
-            address=int(sent[start + 3 : start + 5], 16),
-            command=int(sent[start + 7 : start + 9], 16),
-            info=bytes(sent[start + 13 : -5]),
-        )
+        exchange = self.record(self._started, request, reply.data)
         with self._lock:
             self.exchanges.append(exchange)
-        on_wire = len(sent) * 10 / self.baudrate if self.baudrate else 0.0
+        on_wire = len(request) * 10 / self.baudrate if self.baudrate else 0.0
         spent = time.monotonic() - self._started
-        return Reply(reply.data, max(-self.latency, reply.delay + on_wire - spent))
+        return Reply(reply.data, max(-self.latency, reply.delay + on_wire - spent), reply.pace)
+
+
+class Line(PacedLine[Exchange]):
+    """The RS485 line: the stack's RS485 responder, every frame recorded."""
+
+    def make_responder(self) -> Responder:
+        return Rs485Responder(self.stack)
+
+    def record(self, at: float, request: bytes, answer: bytes) -> Exchange:
+        start = request.rfind(b"~")
+        return Exchange(
+            at=at,
+            request=len(request),
+            response=len(answer),
+            address=int(request[start + 3 : start + 5], 16),
+            command=int(request[start + 7 : start + 9], 16),
+            info=bytes(request[start + 13 : -5]),
+        )
 
 
 def make_stack(modules: int, groups: int) -> BatteryStack:
@@ -199,6 +230,7 @@ __all__ = [
     "MODEL",
     "Exchange",
     "Line",
+    "PacedLine",
     "make_stack",
     "simulated",
     "values_and_alarms",

@@ -3,8 +3,9 @@
 Everything runs against the virtual stack served with real wire timing (:mod:`bench.line`):
 a real exporter process scraped over HTTP from its start (:mod:`bench.scrape`), the
 scrape-timeout matrix (:mod:`bench.matrix`), the peer libraries (:mod:`bench.peers`),
-decoding and rendering (:mod:`bench.codec`) and the soak with hostile clients
-(:mod:`bench.soak`). ``--quick`` runs a small form of each (the smoke test's run).
+decoding and rendering (:mod:`bench.codec`), the soak with hostile clients
+(:mod:`bench.soak`) and the RS232 console's scrape against its floor (:mod:`bench.console`).
+``--quick`` runs a small form of each (the smoke test's run).
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
-from . import codec, matrix, peers, scrape, soak
-from .section import BAUDS, GROUPS, MODULES, TIMEOUTS, Options, Result, load, machine
+from . import codec, console, matrix, peers, scrape, soak
+from .section import (
+    BATTERIES,
+    BAUDS,
+    GROUPS,
+    MODULES,
+    TIMEOUTS,
+    Options,
+    Result,
+    load,
+    machine,
+)
 
 #: The sections, in the order they run; a new one is a module with ``run`` and a line here.
 SECTIONS: dict[str, Callable[[Options], Result]] = {
@@ -27,6 +38,7 @@ SECTIONS: dict[str, Callable[[Options], Result]] = {
     "peers": peers.run,
     "codec": codec.run,
     "soak": soak.run,
+    "console": console.run,
 }
 
 TITLES = {
@@ -35,6 +47,7 @@ TITLES = {
     "peers": "Peers",
     "codec": "Decoding and rendering",
     "soak": "Soak",
+    "console": "RS232 console: scrape against the line floor",
 }
 
 
@@ -66,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--groups", type=_ints, default=GROUPS, help="group counts")
     parser.add_argument("--bauds", type=_ints, default=BAUDS, help="baud rates")
     parser.add_argument("--timeouts", type=_floats, default=TIMEOUTS, help="scrape timeouts, s")
+    parser.add_argument(
+        "--batteries", type=_ints, default=BATTERIES, help="batteries on the console"
+    )
     parser.add_argument(
         "--latency", type=float, default=Options.latency, help="response latency, s"
     )
@@ -175,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         bauds=args.bauds,
         groups=args.groups,
         timeouts=args.timeouts,
+        batteries=args.batteries,
         soak_scrapes=args.soak_scrapes,
         concurrent=args.concurrent,
         sequential_peers=args.sequential_peers,

@@ -26,6 +26,8 @@ MODULES = (1, 4, 8, 16)
 BAUDS = (115200, 9600)
 GROUPS = (1, 2)
 TIMEOUTS = (1.0, 2.0, 5.0, 10.0)
+#: Batteries on the RS232 console (one stack).
+BATTERIES = (1, 2, 4, 8, 16)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Options:
     bauds: tuple[int, ...] = BAUDS
     groups: tuple[int, ...] = GROUPS
     timeouts: tuple[float, ...] = TIMEOUTS
+    batteries: tuple[int, ...] = BATTERIES
     #: Scrapes of the soak (real scrapes, counted over all real scrapers).
     soak_scrapes: int = 10_000
     #: Concurrent scrapes released at once against the largest stack.

@@ -2,8 +2,9 @@
 
 Its figures are not checked here (docs/benchmarks.md); its outcomes are: the issue's target
 cell is up, concurrent scrapes share bus reads, python-pylontech's shipped reads wait out
-their timeout and the fixed ones do not, and the soak's hostile clients (tiny scrape
-timeouts, idle and slow connections) never cost a real scrape its data.
+their timeout and the fixed ones do not, the soak's hostile clients (tiny scrape
+timeouts, idle and slow connections) never cost a real scrape its data, and the console's
+scrapes sent what they should and are measured against a floor of the bytes they moved.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_every_section_runs_and_notes_the_load(quick: dict[str, Any]) -> None:
-    assert list(quick["by_name"]) == ["scrape", "matrix", "peers", "codec", "soak"]
-    assert quick["stdout"].count("Load (1, 5, 15 min)") == 5
+    assert list(quick["by_name"]) == ["scrape", "matrix", "peers", "codec", "soak", "console"]
+    assert quick["stdout"].count("Load (1, 5, 15 min)") == 6
     assert all(not s["failures"] for s in quick["sections"])
 
 
@@ -84,6 +85,35 @@ def test_the_soak_survives_hostile_clients(quick: dict[str, Any]) -> None:
     assert soak["connections"]["slow: opened"] >= 5
     assert soak["threads"]["end"] <= soak["threads"]["start"]
     assert soak["fds"]["end"] <= soak["fds"]["start"]
+
+
+def test_the_console_scrapes_are_measured_against_the_bytes_they_moved(
+    quick: dict[str, Any],
+) -> None:
+    console = quick["by_name"]["console"]["data"]
+    baud = console["baud"]
+    runs = {r["batteries"]: r for r in console["runs"]}
+    assert list(runs) == [1, 2] and all(r["error"] is None for r in runs.values())
+    bat = console["bytes"]["16 cells, US5000-16S B69.26"]["bat N"]
+    for batteries, run in runs.items():
+        assert run["pwr"] and run["full"]
+        for scrape in run["pwr"]:
+            assert scrape["commands"] == ["pwr"]
+        for scrape in run["full"]:  # the read plan: pwr, then every battery's cells
+            assert scrape["commands"] == ["pwr"] + [f"bat {n}" for n in range(1, batteries + 1)]
+            assert scrape["bytes"] == run["pwr"][0]["bytes"] + batteries * bat
+        for scrape in run["pwr"] + run["full"]:
+            assert scrape["floor"] == pytest.approx(scrape["bytes"] * 10 / baud)
+            assert scrape["seconds"] >= scrape["floor"]
+    # A 1-battery pwr on the wire is what the byte table counts for it (typed line + echo).
+    assert (
+        runs[1]["pwr"][0]["bytes"]
+        == console["bytes"]["16 cells, US5000-16S B69.26"]["pwr, 1 battery"]
+    )
+    slow = {row["baud"]: row for row in console["fits"] if row["basis"] == "floor"}
+    pwr_bytes = runs[2]["pwr"][0]["bytes"]
+    assert slow[1200]["pwr_s"] == pytest.approx(pwr_bytes * 10 / 1200)
+    assert slow[1200]["fits"] == 0  # pwr alone takes over 20 s at 1200 Bd
 
 
 def test_an_unknown_section_is_a_one_line_error() -> None:
