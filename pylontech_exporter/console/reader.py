@@ -213,15 +213,15 @@ class ConsoleSource:
         bank = self.bank
         if not self._same_stack(deadline):
             return
-        started = bank.clock()
+        scrape_start = bank.clock()
         table = self._pwr(deadline)
-        self._pwr_seconds = bank.clock() - started
+        self._pwr_seconds = bank.clock() - scrape_start
         rows.update(self._listed(table))
         order = sorted(rows, key=lambda p: self._memory(p).cells_at)
         for position in order:
             if deadline.remaining() < FIT_MARGIN * self._bat_seconds:
                 reading.complete = False
-                reading.hint = self._hint(deadline.when - started)
+                reading.hint = self._hint(deadline.when - scrape_start)
                 log.info(
                     "not every bat N fits in the scrape; the oldest are read first",
                     extra=kv(bank=bank.name, read=len(cells), batteries=len(rows)),
