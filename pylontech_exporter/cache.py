@@ -2,10 +2,13 @@
 
 A snapshot younger than the TTL is served as is, if it was read completely or with at
 least the scraper's own budget: a read cut short by one scraper's tiny timeout is never
-what a scraper with more time gets. When no snapshot serves, the first scrape starts a
-bus read and every scrape that arrives meanwhile waits for that read instead of starting
-its own; each waiter moves the read's deadline to its own if that is later, so a short
-budget never cuts short what the others wait for. A waiter whose own deadline passes
+what a scraper with more time gets. A snapshot taken while a bank was still being
+discovered is never served again: it answered from memory at once, and the next scrape
+gets what discovery has found since (else a restart shows a bank down for a whole TTL).
+When no snapshot serves, the first scrape starts a bus read and every scrape that arrives
+meanwhile waits for that read instead of starting its own; each waiter moves the read's
+deadline to its own if that is later, so a short budget never cuts short what the others
+wait for. A waiter whose own deadline passes
 first gets a snapshot in which nothing was read (every bank down), never an older one.
 """
 
@@ -62,6 +65,8 @@ class SnapshotCache:
 
     def _serves(self, snapshot: Snapshot | None, budget: float) -> bool:
         if snapshot is None or self.ttl <= 0 or self._clock() - snapshot.finished >= self.ttl:
+            return False
+        if snapshot.discovering:
             return False
         return snapshot.complete or snapshot.budget >= budget
 

@@ -134,3 +134,7 @@ class Snapshot:
     @property
     def complete(self) -> bool:
         return all(b.complete for b in self.banks)
+
+    @property
+    def discovering(self) -> bool:
+        return any(b.discovering for b in self.banks)

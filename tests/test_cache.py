@@ -11,7 +11,7 @@ from support.waiting import wait_for
 
 from pylontech_exporter.cache import SnapshotCache
 from pylontech_exporter.deadline import Deadline
-from pylontech_exporter.snapshot import BankReading, Snapshot
+from pylontech_exporter.snapshot import BankReading, ModuleReading, Snapshot
 
 
 def _snapshot(tag: str = "") -> Snapshot:
@@ -159,6 +159,26 @@ def test_a_read_cut_short_by_a_short_budget_is_not_served_to_a_longer_one():
     full = cache.get(now[0] + 9.5)  # Prometheus with 10 s: reads again
     assert full.complete and budgets == pytest.approx([0.5, 9.5])
     assert cache.get(now[0] + 0.5) is full  # a complete snapshot serves everybody
+
+
+def test_a_snapshot_taken_during_discovery_is_not_served_again():
+    """Prometheus already scraping when the exporter starts sees the modules as they are
+    found, not "discovering" for a whole TTL."""
+    now = [100.0]
+    found = iter([0, 1, 3, 3])
+
+    def read(deadline: Deadline) -> Snapshot:
+        modules = next(found)
+        bank = BankReading(name="0", group=0, port="p", discovering=modules < 3)
+        bank.modules = [ModuleReading(position=1 + i, address=2 + i) for i in range(modules)]
+        return Snapshot(banks=[bank], finished=now[0])
+
+    cache = SnapshotCache(read, lambda e: _snapshot(e), ttl=5, clock=lambda: now[0])
+    seen = []
+    for _ in range(4):
+        seen.append(len(cache.get(now[0] + 9).banks[0].modules))
+        now[0] += 1
+    assert seen == [0, 1, 3, 3] and cache.reads == 3  # the last one within the TTL
 
 
 def test_a_scrape_after_a_read_gave_up_gets_a_read_of_its_own():
