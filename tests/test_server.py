@@ -30,8 +30,10 @@ from pylontech_exporter.server import (
     scrape_budget,
 )
 from pylontech_exporter.simulator import Rs485Responder
+from pylontech_exporter.simulator.responder import Reply
 from pylontech_exporter.simulator.serve import TcpSimulator
 from pylontech_exporter.snapshot import Snapshot
+from pylontech_exporter.transport import Framer
 
 
 @pytest.mark.parametrize("header", ["inf", "-inf", "nan", "1e12", "1e400", "0", "-3", "x"])
@@ -333,3 +335,43 @@ def test_concurrent_scrapes_of_one_snapshot_share_one_render(stack):
             thread.join(60)
         assert results == [200] * scrapers
         assert exporter.server.exposition.renders == 1
+
+
+class _HeldAfter:
+    """The stack's responder that answers ``free`` requests, then holds every answer
+    until ``release`` is set: discovery stops half-way for as long as a test wants."""
+
+    def __init__(self, responder: Rs485Responder, free: int) -> None:
+        self.inner = responder
+        self.stack = responder.stack
+        self.free = free
+        self.release = threading.Event()
+
+    def framer(self) -> Framer:
+        return self.inner.framer()
+
+    def handle(self, request: bytes) -> Reply:
+        if self.free <= 0:
+            self.release.wait(30)
+        self.free -= 1
+        return self.inner.handle(request)
+
+
+def test_a_scrape_during_discovery_is_not_cached_for_the_next_one(stack):
+    """A restart under a running Prometheus: the scrape after discovery has the modules,
+    though the one before (bank still discovering) is younger than the cache's TTL."""
+    held = _HeldAfter(Rs485Responder(stack), free=1)
+    with (
+        TcpSimulator(held, latency=0) as tcp,
+        InProcessExporter(bank(tcp.url), cache_ttl=60, ready=False) as exporter,
+    ):
+        during = exporter.scrape()
+        assert during[key("pylontech_bank_discovering", bank="0")] == 1
+        assert during[key("pylontech_up", bank="0")] == 0
+        held.release.set()
+        assert wait_for(lambda: all(b.settled for b in exporter.poller.banks), 30)
+        after = exporter.scrape()
+        assert after[key("pylontech_bank_discovering", bank="0")] == 0
+        assert after[key("pylontech_up", bank="0")] == 1
+        up = [k for k, v in after.items() if k[0] == "pylontech_module_up" and v == 1]
+        assert len(up) == len(stack.modules)
