@@ -109,6 +109,22 @@ def test_cell_and_temperature_counts() -> None:
     assert (up2500.charge_current, up2500.discharge_current) == (55.5, -55.5)
 
 
+@pytest.mark.parametrize(
+    ("model", "length"),
+    # Recorded: 33 bytes, the last one an extra 00 (US2000C, US3000C, newer US2000B-Plus).
+    # Not recorded: the layout without that byte (US3000: 5 temperatures; US5000: 6).
+    [("US2000B-Plus", 33), ("US2000C", 33), ("US3000C", 33), ("US3000", 32), ("US5000", 33)],
+)
+def test_single_module_alarm_info_has_the_recorded_length(model: str, length: int) -> None:
+    """Clients that check the recorded length refuse any other: pinned by the recordings,
+    not computed from the model's own flags."""
+    stack = BatteryStack(modules=2, model=model, seed=1)
+    info = ok(stack, 2, 0x44, b"\x02")
+    assert len(info) == length
+    if model in ("US2000B-Plus", "US2000C", "US3000C"):
+        assert info[-1] == 0
+
+
 def test_alarm_info_matches_module(stack: BatteryStack) -> None:
     for module in stack.modules:
         info = ok(stack, module.address, 0x44, bytes([module.address]))
