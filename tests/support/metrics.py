@@ -3,12 +3,15 @@ exporter must serve for a (frozen) simulated stack."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from pylontech_exporter.models import sensor_name
 from pylontech_exporter.simulator import BatteryStack
+
+from . import REPO
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -206,3 +209,12 @@ def assert_readings_equal(actual: dict[Key, float], expected: dict[Key, float]) 
     assert not wrong, (
         f"{len(wrong)} values differ (actual, expected), e.g. {list(wrong.items())[:3]}"
     )
+
+
+def console_only_families() -> list[str]:
+    """The families of docs/metrics.md's table of what only the RS232 console reports."""
+    text = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+    table = text.split("What only the console reports:", 1)[1]
+    families = re.findall(r"^\| `(pylontech_\w+)` \|", table, re.MULTILINE)
+    assert len(families) >= 10, "the console-only table of docs/metrics.md was not found"
+    return families
