@@ -140,6 +140,32 @@ def test_our_client_reads_right_beside_another_master(
             thread.join(5)
 
 
+def test_a_client_with_250_ms_windows_3_tries_and_1_s_gaps_reads_every_module(
+    stack: BatteryStack, tmp_path: Path
+) -> None:
+    """Published clients read with a 250 ms window, try 3 times and leave 1 s between
+    commands: at 9600 Bd with the 70 ms latency of real modules, the longest answer fits
+    one window, and a line left quiet for a second still answers."""
+    stack.freeze()
+    with PtySimulator(Rs485Responder(stack), tmp_path / "bus", baudrate=9600) as pty:
+        port = serial.Serial(pty.link, 9600, timeout=0.25)
+        try:
+            answers = []
+            for module in stack.modules[:2]:
+                request = encode_request(module.address, 0x42, bytes([module.address]))
+                for _ in range(3):
+                    port.reset_input_buffer()
+                    port.write(request)
+                    answer = port.read_until(b"\r")
+                    if answer.endswith(b"\r"):
+                        break
+                answers.append(decode_frame(answer))
+                time.sleep(1.0)
+        finally:
+            port.close()
+    assert [ANALOG_VALUES.parse(a.info) for a in answers] == [m.values() for m in stack.modules[:2]]
+
+
 def test_wire_speed_latency_and_fault_delay(stack: BatteryStack) -> None:
     request = encode_request(2, 0x42, b"\x02")
     size = len(Rs485Responder(stack).respond(request))
