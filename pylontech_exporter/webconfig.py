@@ -187,7 +187,9 @@ class BasicAuth:
       (which must all be the same), so timing does not tell which users exist.
     - One bcrypt check at a time, and a client with ``MAX_FAILURES`` failed attempts in
       ``FAILURE_WINDOW`` seconds is refused without one: guessing uses one core at most,
-      and remembered credentials (Prometheus') never wait behind it.
+      and remembered credentials (Prometheus') never wait behind it. An attempt counts
+      as failed from before its bcrypt check until it succeeds, so a burst of concurrent
+      guesses from one client gets ``MAX_FAILURES`` checks, not one per guess.
     - Passwords longer than 72 bytes are refused: bcrypt only uses the first 72 (bcrypt
       4 cuts them silently, bcrypt 5 raises), so a longer one would match more than it
       says.
@@ -240,11 +242,9 @@ class BasicAuth:
         with self._lock:
             if hashed is not None and token in self._ok:
                 return user
-            now = self._clock()
-            recent = [t for t in self._failures.get(client, []) if now - t < self.FAILURE_WINDOW]
-            self._failures[client] = recent
-            if len(recent) >= self.MAX_FAILURES:
-                return None  # guessing: refused without spending bcrypt on it
+            slot = self._take_failure_slot(client)
+        if slot is None:
+            return None  # guessing: refused without spending bcrypt on it
         import bcrypt
 
         with self._bcrypt:
@@ -255,14 +255,35 @@ class BasicAuth:
                 good = False
         with self._lock:
             if not good or hashed is None:
-                self._failures.setdefault(client, []).append(self._clock())
-                if len(self._failures) > self.MAX_CACHED:  # many clients: forget the oldest
-                    self._failures.pop(next(iter(self._failures)))
-                return None
+                return None  # the slot stays taken: it is this failure
+            self._give_back(client, slot)
             if len(self._ok) >= self.MAX_CACHED:
                 self._ok.clear()
             self._ok.add(token)
         return user
+
+    def _take_failure_slot(self, client: str) -> float | None:
+        """Count an attempt as failed before bcrypt runs (call with ``_lock`` held), so
+        concurrent guesses from one client stop at ``MAX_FAILURES`` too; None when the
+        client has no slot left. The slot is the attempt's time, given back on success."""
+        now = self._clock()
+        recent = [t for t in self._failures.get(client, []) if now - t < self.FAILURE_WINDOW]
+        if len(recent) >= self.MAX_FAILURES:
+            self._failures[client] = recent
+            return None
+        recent.append(now)
+        self._failures[client] = recent
+        if len(self._failures) > self.MAX_CACHED:  # many clients: forget the oldest
+            self._failures.pop(next(iter(self._failures)))
+        return now
+
+    def _give_back(self, client: str, slot: float) -> None:
+        """Undo ``_take_failure_slot`` for an attempt that succeeded (``_lock`` held)."""
+        taken = self._failures.get(client, [])
+        if slot in taken:  # it may have been forgotten meanwhile (window, many clients)
+            taken.remove(slot)
+        if not taken:
+            self._failures.pop(client, None)
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ relative certificate paths, and basic auth that does not leak which users exist.
 from __future__ import annotations
 
 import base64
+import threading
 
 import bcrypt
 import pytest
@@ -150,3 +151,78 @@ def test_a_guessing_client_is_refused_without_bcrypt_and_others_are_not():
     assert auth.check(_basic(b"prometheus", b"pw"), "10.0.0.2") == "prometheus"
     now[0] += BasicAuth.FAILURE_WINDOW
     assert auth.check(_basic(b"prometheus", b"pw"), "10.0.0.9") == "prometheus"
+
+
+def test_a_burst_of_concurrent_guesses_gets_max_failures_bcrypt_checks(monkeypatch):
+    """Each guess counts as a failure before its bcrypt check, so 48 guesses at once from
+    one client run MAX_FAILURES checks, not 48. The first check is held until every guess
+    without a slot has been refused: if the limit were looked at before bcrypt and the
+    failure recorded after it, all 48 would be past the limit by then."""
+    from pylontech_exporter.webconfig import BasicAuth
+
+    guesses = 48
+    now = [0.0]
+    auth = BasicAuth({"prometheus": bcrypt.hashpw(b"pw", bcrypt.gensalt(4))}, clock=lambda: now[0])
+    refused_at_once = threading.Semaphore(0)
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def spy(password: bytes, hashed: bytes) -> bool:
+        if not checked:  # the first check: wait for the guesses that get no slot
+            for _ in range(guesses - BasicAuth.MAX_FAILURES):
+                if not refused_at_once.acquire(timeout=10):
+                    break  # the old order: nobody is refused, all wait for bcrypt
+        checked.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", spy)
+    start = threading.Barrier(guesses)
+    results: list[str | None] = []
+
+    def guess(number: int) -> None:
+        start.wait()
+        result = auth.check(_basic(b"prometheus", b"guess%d" % number), "10.0.0.9")
+        results.append(result)
+        refused_at_once.release()
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(guesses)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [None] * guesses
+    assert len(checked) == BasicAuth.MAX_FAILURES
+    assert auth.check(_basic(b"prometheus", b"pw"), "10.0.0.9") is None  # still guessing
+    now[0] += BasicAuth.FAILURE_WINDOW
+    assert auth.check(_basic(b"prometheus", b"pw"), "10.0.0.9") == "prometheus"
+    assert len(checked) == BasicAuth.MAX_FAILURES + 1
+
+
+def test_a_success_gives_its_failure_slot_back():
+    """One slot short of the limit, right passwords still get in one after the other: each
+    success frees the slot it took for its bcrypt check."""
+    from pylontech_exporter.webconfig import BasicAuth
+
+    users = {name: bcrypt.hashpw(b"pw-" + name.encode(), bcrypt.gensalt(4)) for name in "abc"}
+    auth = BasicAuth(users, clock=lambda: 0.0)
+    for attempt in range(BasicAuth.MAX_FAILURES - 1):
+        assert auth.check(_basic(b"a", b"guess%d" % attempt), "10.0.0.9") is None
+    for name in (b"a", b"b", b"c"):
+        assert auth.check(_basic(name, b"pw-" + name), "10.0.0.9") == name.decode()
+    assert auth.check(_basic(b"a", b"last guess"), "10.0.0.9") is None
+    checks = auth.bcrypt_checks
+    assert auth.check(_basic(b"b", b"another"), "10.0.0.9") is None
+    assert auth.bcrypt_checks == checks  # the limit: refused without bcrypt
+
+
+def test_a_second_basic_auth_users_is_refused_with_both_lines(tmp_path):
+    """A second ``basic_auth_users: {}`` must not silently replace the first (turning basic
+    auth off while the file looks protected): the file is refused, saying both lines."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\nbasic_auth_users: {{}}\n")
+    with pytest.raises(ConfigError) as error:
+        load_web_config(str(path))
+    assert str(error.value) == (
+        f"{path}: not valid YAML at line 3: key 'basic_auth_users' given twice (first at line 1)"
+    )
