@@ -185,3 +185,23 @@ def test_listen_only_banks_from_yaml_and_flags():
     assert {b.serial.source for b in flags.banks} == {"rs485-listen"}
     with pytest.raises(ConfigError, match=r"--listen\.max-age: must be more than 0 to 3600"):
         banks_from_flags("/dev/x", [0], listen_only=True, listen_max_age=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "banks:\n  - port: /dev/ttyUSB0\nbanks:\n  - port: /dev/ttyUSB1\n",
+            "line 3: key 'banks' given twice (first at line 1)",
+        ),
+        (
+            "banks:\n  - port: /dev/ttyUSB0\n    group: 1\n    port: /dev/ttyUSB1\n",
+            "line 4: key 'port' given twice (first at line 2)",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, message):
+    """The second of two keys must not silently win (a bank read from the wrong port)."""
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert message in str(error.value) and "\n" not in str(error.value)
