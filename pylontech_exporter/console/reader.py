@@ -9,7 +9,7 @@ On each scrape, in this order until the deadline:
    (``Coulomb`` % / 100), temperatures and states. ``pwr`` is the stack's own listing:
    a battery that appears is known at once (unless ``modules`` fixes the count);
 3. ``bat N`` of every battery up, the one read longest ago first, while one more fits in
-   the time left (measured: about 1.6 kB each, 0.15 s at 115200 baud): its cells. A
+   the time left (measured: about 2 kB each, 0.17 s at 115200 baud): its cells. A
    failing ``bat N`` (an error answer, a lost answer) leaves the battery up with its
    ``pwr`` values; only its cells are missing this time.
 
@@ -62,9 +62,10 @@ T = TypeVar("T")
 BACKGROUND_RETRY = 2.0
 #: Seconds to the first byte of an answer, for estimates until measured.
 LATENCY = 0.08
-#: Bytes of a ``bat N`` answer (15 cells) and of a 16-row ``pwr``, for estimates.
-BAT_BYTES = 1650
-PWR_BYTES = 3000
+#: Bytes of a ``bat N`` answer (16 cells; 15: 1.97 kB, as recorded) and of a 16-row
+#: ``pwr`` of the widest layout (23 columns), for estimates until measured (docs/console.md).
+BAT_BYTES = 2100
+PWR_BYTES = 3600
 #: A ``bat N`` is started only while this many times its last duration is left.
 FIT_MARGIN = 1.2
 MAX_BATTERIES = 16
