@@ -197,6 +197,25 @@ def test_a_deadline_moved_while_waiting_lets_the_answer_in(stack):
     assert bus.stats.requests == 1
 
 
+@pytest.mark.parametrize("latency", [0, 0.6], ids=["cut-mid-answer", "all-of-it-late"])
+def test_a_bank_answer_cut_by_the_deadline_does_not_poison_the_next_read(latency):
+    """A long bank-wide 0x44 still comes after its deadline passed, its rest or all of it:
+    the next request (a bank-wide 0x42 from the same address) skips it and gets its own
+    answer."""
+    stack = BatteryStack(modules=16, model="US3000C", seed=4)
+    stack.freeze()
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=latency, baudrate=9600) as server,
+        Pylontech(server.url, 9600, timeout=2) as bus,
+    ):
+        with bus.deadline(time.monotonic() + 0.3), pytest.raises(DeadlinePassed):
+            bus.get_alarm_info_bank()  # about 1.5 s of answer at 9600 Bd
+        values = bus.get_values_bank()
+        assert [m.address for m in values.modules] == [m.address for m in stack.modules]
+        assert list(values.modules) == [m.values() for m in stack.modules]
+        assert bus.stats.requests == 2 and sum(bus.stats.failures.values()) == 0
+
+
 def test_a_failed_bank_query_that_worked_before_is_tried_again(bus, stack):
     bus.get_values(0)
     stack.faults.add("drop", command=0x42, address=0x02, count=2)  # both tries
