@@ -306,12 +306,16 @@ def judge(scrape: Scrape, modules: int, bank: str = "0") -> list[str]:
     """Everything in ``scrape`` that is not what the console printed (empty: all is well).
 
     ``pwr`` and ``bat N`` values must come from an answer printed during the scrape,
-    ``info N``, ``stat N``, ``soh N`` values from the last one printed. A clean answer
+    ``info N``, ``stat N``, ``soh N`` values from the last one printed before it (or
+    during it: a read between scrapes may end while the scrape runs). A clean answer
     (see :class:`Printed`) must be used; a spoilt one may be dropped; an incomplete one
     (truncated, lost, an error) must not be used: its data is missing this scrape."""
     problems: list[str] = []
     printed = answers(scrape.window)
-    static = last_answers(scrape.history)
+    statics = [
+        last_answers(scrape.history[: len(scrape.history) - len(scrape.window)]),
+        last_answers(scrape.history),
+    ]
     pwr = next((p for p in reversed(printed) if p.command == "pwr"), None)
     rows = parse_pwr(pwr.lines) if pwr else {}
     up = scrape.value("pylontech_up", bank=bank)
@@ -341,19 +345,18 @@ def judge(scrape: Scrape, modules: int, bank: str = "0") -> list[str]:
             )
         ]
         soc = int(row["Coulomb"].rstrip("%")) / 100
-        static_expected = expected_from_static(static, position, soc, b)
-        problems += [
-            f"module {position} info/stat/soh: {p}"
-            for p in _differences(
-                _of(everything, STATIC_FAMILIES, position),
-                {k: v for k, v in static_expected.items() if k[0] != EVENTS},
+        static_problems = []
+        for static in statics:
+            static_expected = expected_from_static(static, position, soc, b)
+            events = {k: v for k, v in static_expected.items() if k[0] == EVENTS}
+            others = {k: v for k, v in static_expected.items() if k[0] != EVENTS}
+            static_problems = _differences(_of(everything, STATIC_FAMILIES, position), others)
+            static_problems += _differences(
+                {k: everything[k] for k in events if k in everything}, events
             )
-        ]
-        events = {k: v for k, v in static_expected.items() if k[0] == EVENTS}
-        problems += [
-            f"module {position} stat: {p}"
-            for p in _differences({k: everything[k] for k in events if k in everything}, events)
-        ]
+            if not static_problems:
+                break
+        problems += [f"module {position} info/stat/soh: {p}" for p in static_problems]
         bats = [p for p in printed if p.command == f"bat {position}"]
         cells = _of(everything, BAT_FAMILIES, position)
         candidates = [expected_from_bat(parse_bat(p.lines), b) for p in bats]
