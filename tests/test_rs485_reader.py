@@ -90,6 +90,28 @@ def test_the_deadline_keeps_the_alarms_already_read():
     assert [m.alarms is not None for m in reading.modules] == [True, True, False]
 
 
+def test_a_bank_answer_that_does_not_fit_gives_way_to_as_many_modules_as_fit():
+    """8 modules at 9600 Bd under a 1 s scrape timeout: the bank-wide 0x42 never fits.
+    After it was cut once, the modules are read one by one within the budget (some data,
+    not none, every scrape); a scrape with more time asks bank-wide again."""
+    reader, client, clock = make(8)
+    background(reader, client)
+    client.steps["values_bank"] = 8 * client.step  # longer than the budget below
+    budget = 5.5 * client.step
+    client.calls.clear()
+    cut = scrape(reader, clock, seconds=budget)
+    assert client.calls == ["values_bank"] and not cut.up and cut.hint
+    for _ in range(2):
+        client.calls.clear()
+        partial = scrape(reader, clock, seconds=budget)
+        assert client.calls == ["values"] * 6  # the sixth is cut by the deadline
+        assert [m.address for m in partial.modules if m.up] == [2, 3, 4, 5, 6]
+    client.calls.clear()
+    full = scrape(reader, clock)
+    assert client.calls[0] == "values_bank" and len(full.modules) == 8
+    assert all(m.up for m in full.modules)
+
+
 def test_a_deadline_is_no_evidence_about_the_bank_wide_query():
     reader, client, clock = make(2)
     background(reader, client)

@@ -5,7 +5,8 @@ On each scrape, per bank, in this order until the deadline:
 1. after the port was (re)opened: the master's serial number, to be sure the same stack
    is on the line (a gateway swapped, a device path reused by another adapter);
 2. analog values (0x42) of every known module, bank-wide when the firmware answers the FF
-   query, else module by module;
+   query, else module by module (also when a bank-wide answer did not fit in as much time
+   before: then as many modules as fit, not none);
 3. alarm info (0x44), the same way;
 4. management info (0x92), oldest first, as many as the time left allows.
 
@@ -106,6 +107,9 @@ class BankReader:
         self.needed: float | None = None
         #: Seconds one 0x92 exchange took last.
         self._management_time = LATENCY
+        #: The most time a bank-wide 0x42 had and did not finish in: with no more time
+        #: than that, the modules are read one by one (as many as fit, rather than none).
+        self._bank_values_cut = 0.0
 
     # -- a scrape ---------------------------------------------------------------------
 
@@ -146,7 +150,7 @@ class BankReader:
         started = bank.clock()
         modules: dict[int, ModuleReading] = {}
         try:
-            self._read_values(reading, modules)
+            self._read_values(reading, modules, deadline)
             if not self._same_stack():  # the port was reopened while reading
                 modules.clear()
                 return
@@ -241,7 +245,9 @@ class BankReader:
             return None
         return {p: m for p, m in by_position.items() if p in bank.modules}
 
-    def _read_values(self, reading: BankReading, modules: dict[int, ModuleReading]) -> None:
+    def _read_values(
+        self, reading: BankReading, modules: dict[int, ModuleReading], deadline: Deadline
+    ) -> None:
         bank = self.bank
         policy = self.policies["values"]
         now = bank.wall()
@@ -252,10 +258,17 @@ class BankReader:
             module.read_at["values"] = now
             module.success["values"] = True
 
-        if policy.should_ask():
-            result = self._bank_read(
-                "values", lambda: list(self.client.get_values_bank(self.group).modules)
-            )
+        if policy.should_ask() and (
+            policy.mode == "on" or deadline.remaining() > self._bank_values_cut
+        ):
+            had = deadline.remaining()
+            try:
+                result = self._bank_read(
+                    "values", lambda: list(self.client.get_values_bank(self.group).modules)
+                )
+            except DeadlinePassed:
+                self._bank_values_cut = max(self._bank_values_cut, had)
+                raise
             if result is not None:
                 reading.bank_query = True
                 for position, values in result.items():

@@ -1,5 +1,6 @@
 """A fake RS485 client: the read plan's view of a bus, over a frozen simulated stack, with
-a clock the test moves (every request takes ``step`` seconds) and scripted failures."""
+a clock the test moves (every request takes ``step`` seconds, or what ``steps`` says for
+its name) and scripted failures."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class FakeClient:
         self.stack = stack
         self.clock = clock
         self.step = step
+        #: Seconds a request of this name takes instead of ``step``: name -> seconds.
+        self.steps: dict[str, float] = {}
         self.stats = RequestStats()
         self.calls: list[str] = []
         #: Command names that fail (ResponseTimeout) the next ``n`` times: name -> n.
@@ -37,7 +40,7 @@ class FakeClient:
             raise DeadlinePassed(f"{name}: the deadline passed before the request")
         self.calls.append(name)
         self.stats.requests += 1
-        self.clock[0] += self.step
+        self.clock[0] += self.steps.get(name, self.step)
         if self._deadline is not None and self._deadline.passed():
             raise DeadlinePassed(f"{name}: the deadline came before the answer")
         if self.fail.get(name, 0) > 0:
