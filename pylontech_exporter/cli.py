@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from ._version import __version__
 from .config import (
@@ -34,6 +34,9 @@ from .config import (
 )
 from .errors import ConfigError
 from .logging_setup import FORMATS, LEVELS, kv, setup_logging
+
+if TYPE_CHECKING:
+    from .bank import Bank
 
 log = logging.getLogger("pylontech_exporter")
 
@@ -155,8 +158,12 @@ def build_parser(command: str | None = None) -> Parser:
 
     prog = PROG if command is None else f"{PROG} {command}"
     descriptions = {
-        None: "Prometheus exporter for Pylontech low-voltage batteries (RS485 protocol V3.3). "
-        "Reads every module of every configured bank when Prometheus scrapes.",
+        None: "Prometheus exporter for Pylontech low-voltage batteries (RS485 protocol V3.3\n"
+        "or the RS232 console). From start-up, in the background, it finds the modules of\n"
+        "every bank and reads their static data (serial numbers, firmware, limits). Each\n"
+        "scrape reads the modules' values and alarms within Prometheus' scrape timeout; a\n"
+        "snapshot younger than --cache.ttl is served as is. With --serial.listen-only it\n"
+        "sends nothing and serves what it hears another master ask.",
         "scan": "Probe every bus address and list the modules that answer "
         "(address, group, module position, serial number, firmware).",
         "dump": "Read one snapshot of every configured bank and print it.",
@@ -288,7 +295,10 @@ def build_parser(command: str | None = None) -> Parser:
             "--config.check",
             dest="config_check",
             action="store_true",
-            help="check the configuration (and that the ports open) and exit: 0 ok, 2 not",
+            help="check the flags, the config file and the web config file (its certificates "
+            "load), that each serial device exists and is free and that each gateway's host "
+            "resolves, then exit: 0 ok, 2 not. Gateways are not connected to (one that is down "
+            "now may be up at the next scrape)",
         )
         web = parser.add_argument_group("serving")
         web.add_argument(
@@ -570,10 +580,7 @@ def build_server(
                 simulated=simulated,
             ),
             docs=assets.doc,
-            ready=lambda: next(
-                (f"bank {b.name} is still being discovered" for b in poller.banks if not b.settled),
-                None,
-            ),
+            ready=lambda: not_ready(poller.banks),
             telemetry_path=telemetry_path,
             timeout_offset=timeout_offset,
             web_config=web_config,
@@ -584,6 +591,21 @@ def build_server(
         raise
     poller.start()
     return server, poller
+
+
+def not_ready(banks: Sequence[Bank]) -> str | None:
+    """What ``/-/ready`` waits for: the first bank whose modules are still being discovered
+    or (given with ``--modules`` or just discovered) whose static data is still being read;
+    None when every bank is settled."""
+    for bank in banks:
+        if bank.discovering:
+            return f"bank {bank.name} is still being discovered"
+        if not bank.settled:
+            return (
+                f"bank {bank.name} is reading the static data (serial numbers, firmware, "
+                f"limits) of its {len(bank.modules)} module(s)"
+            )
+    return None
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -528,3 +528,76 @@ def test_the_shipped_environment_file_works_as_shipped_and_with_the_config_file_
     # Both as flags: one of them is a mistake, said so.
     both = run_cli("--serial.port", "socket://127.0.0.1:1", "--config.file", str(config))
     assert both.returncode == 2 and "both given" in both.stderr
+
+
+# --- what the exporter says it does --------------------------------------------------------
+
+
+def test_ready_says_what_a_bank_is_waiting_for():
+    """Discovering the modules, or (known from --modules, or just discovered) reading their
+    static data: /-/ready names which, since only the first is discovery."""
+    from pylontech_exporter.bank import Bank
+    from pylontech_exporter.cli import not_ready
+    from pylontech_exporter.config import BankConfig, SerialSettings
+
+    discovered = Bank(BankConfig(name="a", serial=SerialSettings(port="socket://h:1")))
+    fixed = Bank(BankConfig(name="b", serial=SerialSettings(port="socket://h:1"), modules=3))
+    assert not_ready([discovered, fixed]) == "bank a is still being discovered"
+    assert not_ready([fixed]) == (
+        "bank b is reading the static data (serial numbers, firmware, limits) of its 3 module(s)"
+    )
+    fixed.bank_static_at = 1.0
+    for module in fixed.modules.values():
+        module.static_at = 1.0
+    assert not_ready([fixed]) is None
+
+
+def test_ready_with_modules_given_reads_static_data_not_discovery():
+    """The running exporter, ``--modules 3`` on a gateway that accepts and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        with Exporter(
+            "--serial.port", f"socket://127.0.0.1:{port}", "--modules", "3",
+            "--serial.timeout", "0.1", ready=False,
+        ) as exporter:  # fmt: skip
+            status, _, body = exporter.get("/-/ready")
+    assert (status, body.decode()) == (
+        503,
+        "Not ready: bank 0 is reading the static data (serial numbers, firmware, limits) "
+        "of its 3 module(s).\n",
+    )
+
+
+def _help(*args: str) -> str:
+    result = run_cli(*args, "--help")
+    assert result.returncode == 0
+    return " ".join(result.stdout.split())  # as argparse wraps it for any terminal width
+
+
+def test_help_says_what_is_read_when():
+    text = _help()
+    assert "when Prometheus scrapes" not in text
+    assert (
+        "From start-up, in the background, it finds the modules of every bank and reads their "
+        "static data (serial numbers, firmware, limits). Each scrape reads the modules' values "
+        "and alarms within Prometheus' scrape timeout; a snapshot younger than --cache.ttl is "
+        "served as is."
+    ) in text
+
+
+def test_config_check_does_what_its_help_says(tmp_path):
+    """The help promises no connection to a gateway, and a refused one passes; a host that
+    does not resolve and a missing device do not."""
+    text = _help()
+    assert "that the ports open" not in text
+    assert (
+        "that each serial device exists and is free and that each gateway's host resolves" in text
+    ) and "Gateways are not connected to" in text
+    refused = run_cli("--config.check", "--serial.port", "socket://127.0.0.1:9")
+    assert refused.returncode == 0, refused.stderr
+    for port, message in (
+        ("socket://nohost.invalid:9", "does not resolve"),
+        (str(tmp_path / "ttyUSB9"), "does not exist"),
+    ):
+        result = run_cli("--config.check", "--serial.port", port)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
