@@ -14,7 +14,10 @@ commands of the scrape. Two scrapes:
 - *pwr + bat N*: the exporter's read plan (:class:`Poller` of a console bank, in this
   process, once the batteries and their static data are known): ``pwr`` and ``bat N`` of
   every battery, within Prometheus' default scrape timeout (10 s); the snapshot must hold
-  every battery up with all its cells.
+  every battery up with all its cells;
+- *over HTTP*, on the largest stack: a ``pylontech-exporter --serial.protocol console``
+  process (:class:`~bench.exporter.ExporterProcess`) scraped as Prometheus scrapes it,
+  once it is ready; every scrape must hold every battery's values and cells.
 
 From the measured times: how many batteries' cells fit a 10 s scrape at 115200 Bd, and at
 the floor what fits at 9600 and 1200 Bd (old firmware's console rate). The byte counts per
@@ -42,6 +45,7 @@ from pylontech_exporter.poller import Poller
 from pylontech_exporter.simulator import BatteryStack, Responder
 from pylontech_exporter.simulator.console import ConsoleResponder
 
+from .exporter import ExporterProcess, coverage
 from .line import MODEL, PacedLine, make_stack
 from .section import Options, Result, table
 
@@ -100,6 +104,8 @@ class StackRun:
     #: Per repetition: seconds, floor, bytes, commands (as typed).
     pwr: list[dict[str, Any]] = field(default_factory=list)
     full: list[dict[str, Any]] = field(default_factory=list)
+    #: Scrapes over HTTP (the largest stack only): as ``full``, and the exporter's CPU.
+    http: list[dict[str, Any]] = field(default_factory=list)
     #: Seconds until the batteries and their static data were known.
     settled: float = 0.0
     error: str | None = None
@@ -117,7 +123,7 @@ def observed(line: ConsoleLine, seconds: float, exchanges: list[Typed]) -> dict[
     }
 
 
-def measure(batteries: int, reps: int) -> StackRun:
+def measure(batteries: int, reps: int, http: bool) -> StackRun:
     run = StackRun(batteries)
     with served(batteries) as (line, link):
         with ConsoleShell(link, BAUD) as shell:
@@ -159,7 +165,39 @@ def measure(batteries: int, reps: int) -> StackRun:
                 run.full.append(observed(line, end - start, line.between(start, end)))
         finally:
             poller.close()
+        if http:
+            run.http = scrape_http(line, link, reps)
     return run
+
+
+def scrape_http(line: ConsoleLine, link: str, reps: int) -> list[dict[str, Any]]:
+    """Steady scrapes of an exporter process reading the console at ``link``."""
+    batteries = len(line.stack.modules)
+    cells = batteries * line.stack.modules[0].model.cells
+    scrapes = []
+    extra = ["--serial.protocol", "console"]
+    with ExporterProcess(link, baudrate=BAUD, groups=[], extra=extra) as exporter:
+        exporter.wait_listening()
+        while exporter.get("/-/ready").status != 200:
+            if time.monotonic() - exporter.started > SETTLE:
+                raise RuntimeError(f"the exporter was not ready in {SETTLE:.0f} s")
+            time.sleep(0.1)
+        for _ in range(reps):
+            cpu = exporter.resources()["cpu_s"]
+            scrape = exporter.scrape(BUDGET)
+            banks = coverage(scrape.body)
+            read = sum(len(b.values) for b in banks.values())
+            voltages = scrape.body.count(b"\npylontech_cell_voltage_volts{")
+            if scrape.status != 200 or read != batteries or voltages != cells:
+                raise RuntimeError(
+                    f"a scrape over HTTP held {read} of {batteries} batteries' values and "
+                    f"{voltages} of {cells} cells (HTTP {scrape.status} {scrape.error or ''})"
+                )
+            measured = observed(line, scrape.seconds, line.between(scrape.start, scrape.end))
+            measured["cpu"] = exporter.resources()["cpu_s"] - cpu
+            measured["body"] = len(scrape.body)
+            scrapes.append(measured)
+    return scrapes
 
 
 def command_bytes() -> dict[str, dict[str, int]]:
@@ -201,13 +239,13 @@ def run(options: Options) -> Result:
     for count in batteries:
         print(f"console: {count} batteries, {BAUD} Bd", file=sys.stderr, flush=True)
         try:
-            runs.append(measure(count, reps))
+            runs.append(measure(count, reps, http=count == max(batteries)))
         except Exception as error:  # one stack must not cost the others
             runs.append(StackRun(count, error=repr(error)))
     counted = command_bytes()
     failures = [f"console: {r.batteries} batteries: {r.error}" for r in runs if r.error]
     for r in runs:
-        for kind in ("pwr", "full"):
+        for kind in ("pwr", "full", "http"):
             failures += [
                 f"console: {r.batteries} batteries, {kind}: {m['seconds']:.3f} s is under "
                 f"its floor {m['floor']:.3f} s (the bytes counted are not what was sent)"
@@ -304,6 +342,20 @@ def report(
         "",
         table(header, rows),
     ]
+    for r in runs:
+        if not r.http:
+            continue
+        commands = r.http[0]["commands"]
+        seconds, floor = r.median("http", "seconds"), r.median("http", "floor")
+        out += [
+            "",
+            f"Over HTTP, {r.batteries} batteries: a `pylontech-exporter --serial.protocol "
+            f"console` process scraped as Prometheus does (10 s timeout), median of "
+            f"{len(r.http)}: {seconds:.3f} s for a floor of {floor:.3f} s (ratio "
+            f"{seconds / floor:.3f}; {len(commands)} commands: {', '.join(commands[:3])}"
+            f"{' ...' if len(commands) > 3 else ''}), {r.median('http', 'cpu') * 1000:.0f} ms "
+            f"of the process's CPU per scrape, {r.median('http', 'body') / 1024:.0f} KiB.",
+        ]
     if budget:
         out += [
             "",

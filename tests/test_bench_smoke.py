@@ -94,15 +94,16 @@ def test_the_console_scrapes_are_measured_against_the_bytes_they_moved(
     baud = console["baud"]
     runs = {r["batteries"]: r for r in console["runs"]}
     assert list(runs) == [1, 2] and all(r["error"] is None for r in runs.values())
+    assert not runs[1]["http"] and runs[2]["http"]  # an exporter process: the largest stack
     bat = console["bytes"]["16 cells, US5000-16S B69.26"]["bat N"]
     for batteries, run in runs.items():
         assert run["pwr"] and run["full"]
         for scrape in run["pwr"]:
             assert scrape["commands"] == ["pwr"]
-        for scrape in run["full"]:  # the read plan: pwr, then every battery's cells
+        for scrape in run["full"] + run["http"]:  # the read plan: pwr, every battery's cells
             assert scrape["commands"] == ["pwr"] + [f"bat {n}" for n in range(1, batteries + 1)]
             assert scrape["bytes"] == run["pwr"][0]["bytes"] + batteries * bat
-        for scrape in run["pwr"] + run["full"]:
+        for scrape in run["pwr"] + run["full"] + run["http"]:
             assert scrape["floor"] == pytest.approx(scrape["bytes"] * 10 / baud)
             assert scrape["seconds"] >= scrape["floor"]
     # A 1-battery pwr on the wire is what the byte table counts for it (typed line + echo).
