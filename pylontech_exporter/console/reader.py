@@ -169,7 +169,8 @@ class ConsoleSource:
         #: Rows and fields that did not parse, per command (cumulative).
         self.unparsed: Counter[str] = Counter()
         baud = float(self.shell.transport.baudrate)
-        self._bat_seconds = LATENCY + BAT_BYTES * 10 / baud
+        #: What one ``bat N`` takes: measured by the last one read, else estimated.
+        self._bat_estimate = self._bat_seconds = LATENCY + BAT_BYTES * 10 / baud
         self._pwr_seconds = LATENCY + PWR_BYTES * 10 / baud
         #: The port opening whose stack is known to be this bank's.
         self._verified = -1
@@ -221,6 +222,9 @@ class ConsoleSource:
         order = sorted(rows, key=lambda p: self._memory(p).cells_at)
         for position in order:
             if deadline.remaining() < FIT_MARGIN * self._bat_seconds:
+                if not cells:
+                    # Not even one fits: one slow answer must not stop the cells for good.
+                    self._bat_seconds = self._bat_estimate
                 reading.complete = False
                 reading.hint = self._hint(deadline.when - scrape_start)
                 log.info(
