@@ -10,7 +10,11 @@ talking to another device now. A line opened ``listen_only`` refuses every write
 for buses where another device is the master.
 
 Every blocking step is bounded by the caller's :class:`~pylontech_exporter.deadline.
-Deadline`: connecting to a gateway, waiting for the line to go quiet, reading.
+Deadline`, also when it moves or is cut while the step waits: connecting to a gateway,
+waiting for the line to go quiet, writing, reading. Lines share no lock: a gateway that
+never answers a connect costs only its own line. Not bounded by the deadline: resolving a
+gateway's host name (give an IP address), and pyserial's own fixed waits, which are short
+(closing a TCP port sleeps 0.3 s).
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import re
-import threading
+import select
+import socket
 import time
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import serial
+from serial.urlhandler import protocol_socket
 
 from .deadline import Deadline
 from .errors import DeadlinePassed, ListenOnlyError, ResponseTimeout, TransportError
@@ -90,7 +98,7 @@ class SerialTransport:
         self.command_gap = command_gap
         #: Never write: another device is the bus master.
         self.listen_only = listen_only
-        self._serial: serial.Serial | None = None
+        self._serial: serial.Serial | _SocketPort | None = None
         self._splitter = framer
         #: Frames already received but not yet handed out (two frames in one read).
         self._pending: deque[bytes] = deque()
@@ -99,6 +107,7 @@ class SerialTransport:
         self.generation = 0
         #: The last read ended without its frame: the rest may still be on its way.
         self._abandoned = False
+        self._rfc2217 = False
 
     @property
     def is_open(self) -> bool:
@@ -107,27 +116,25 @@ class SerialTransport:
     def open(self, deadline: Deadline | None = None) -> None:
         if self._serial is not None:
             return
-        local = "://" not in self.port
-        bound = CONNECT_TIMEOUT if deadline is None else min(CONNECT_TIMEOUT, deadline.remaining())
-        if bound <= 0:
+        scheme = urlsplit(self.port).scheme if "://" in self.port else ""
+        connect = _connect_deadline(deadline)
+        if connect.passed():
             raise DeadlinePassed(f"no time left to open {self.port}")
         try:
-            port = serial.serial_for_url(
-                self.port,
-                baudrate=self.baudrate,
-                bytesize=serial.EIGHTBITS,
-                parity=serial.PARITY_NONE,
-                stopbits=serial.STOPBITS_ONE,
-                timeout=0,
-                do_not_open=True,
-            )
-            if not self.port.startswith("rfc2217://"):  # pyserial's RFC 2217 has none
-                port.write_timeout = WRITE_TIMEOUT
-            if local:
+            port: serial.Serial | _SocketPort
+            if scheme == "socket":
+                port = _SocketPort(**_SETTINGS, baudrate=self.baudrate)
+                port.port = self.port
+            else:
+                port = serial.serial_for_url(
+                    self.port, **_SETTINGS, baudrate=self.baudrate, do_not_open=True
+                )
+            self._rfc2217 = scheme == "rfc2217"
+            if not scheme:
                 port.exclusive = True  # two readers on one bus garble each other
-            if self.port.startswith("socket://"):
-                _open_within(port, bound)
-            else:  # a device opens at once; pyserial's RFC 2217 connect waits up to 5 s
+            if isinstance(port, _SocketPort):
+                port.open_by(connect)
+            else:  # a device opens at once; for rfc2217:// see _Rfc2217Port
                 port.open()
         except (serial.SerialException, OSError, ValueError, NotImplementedError) as error:
             if deadline is not None and deadline.passed():
@@ -166,12 +173,25 @@ class SerialTransport:
             self._serial.reset_input_buffer()
             self._splitter.clear()
             self._pending.clear()
+            self._bound_write(deadline)
             self._serial.write(request)
             self._serial.flush()
         except _IO_ERRORS as error:
             self.close()
+            if deadline is not None and deadline.passed():
+                raise DeadlinePassed(f"the write to {self.port} took the time left") from None
             raise TransportError(f"write to {self.port} failed: {_describe(error)}") from None
         self._last_activity = time.monotonic()
+
+    def _bound_write(self, deadline: Deadline | None) -> None:
+        """A write ends by the deadline, and after WRITE_TIMEOUT at the latest (pyserial's
+        RFC 2217 has no write timeout: its writes wait as long as its socket's timeout)."""
+        assert self._serial is not None
+        bound = WRITE_TIMEOUT if deadline is None else min(WRITE_TIMEOUT, deadline.remaining())
+        if bound <= 0:
+            raise DeadlinePassed(f"no time left to write to {self.port}")
+        if not self._rfc2217 and self._serial.write_timeout != bound:
+            self._serial.write_timeout = bound
 
     def _drain(self, deadline: Deadline | None) -> None:
         """Read and drop bytes until the line has been quiet for :attr:`quiet_gap`, for as
@@ -237,22 +257,92 @@ class SerialTransport:
         return self._pending.popleft()
 
 
-#: pyserial's socket:// connect waits ``protocol_socket.POLL_TIMEOUT`` seconds, a module
-#: global read when it connects: set per connect, one connect at a time.
-_CONNECT_LOCK = threading.Lock()
+#: How every line is opened (RS485 and the console alike: 8N1); reads set their own timeout.
+_SETTINGS: dict[str, Any] = {
+    "bytesize": serial.EIGHTBITS,
+    "parity": serial.PARITY_NONE,
+    "stopbits": serial.STOPBITS_ONE,
+    "timeout": 0,
+}
 
 
-def _open_within(port: serial.Serial, seconds: float) -> None:
-    """Open a socket:// port, the TCP connect bounded by ``seconds``."""
-    from serial.urlhandler import protocol_socket
+def _connect_deadline(deadline: Deadline | None) -> Deadline:
+    """The caller's deadline, or CONNECT_TIMEOUT from now if that comes first; it moves
+    (and is cut) with the caller's."""
+    give_up = time.monotonic() + CONNECT_TIMEOUT
+    if deadline is None:
+        return Deadline(give_up)
+    return _Sooner(deadline, give_up)
 
-    with _CONNECT_LOCK:
-        default = protocol_socket.POLL_TIMEOUT
-        protocol_socket.POLL_TIMEOUT = seconds
+
+class _Sooner(Deadline):
+    """The earlier of a deadline (which may move) and a fixed time."""
+
+    def __init__(self, deadline: Deadline, latest: float) -> None:
+        super().__init__(latest)
+        self._deadline = deadline
+
+    @property
+    def when(self) -> float:
+        return min(self._deadline.when, super().when)
+
+
+def tcp_connect(host: str, port: int, deadline: Deadline) -> socket.socket:
+    """A TCP connection to ``host``:``port`` (each address it resolves to in turn), given
+    up when ``deadline`` passes, also when it is cut or moved while connecting.
+
+    Resolving the host name is not bounded (the system resolver has no deadline); a
+    gateway's address given as an IP address resolves at once.
+    """
+    failure: OSError = OSError(f"{host} resolves to no address")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
         try:
-            port.open()
-        finally:
-            protocol_socket.POLL_TIMEOUT = default
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            while code in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+                wait = min(deadline.remaining(), DEADLINE_SLICE)
+                if wait <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, "connect timed out")
+                if select.select([], [sock], [], wait)[1]:
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            return sock
+        except OSError as error:
+            sock.close()
+            failure = error
+            if deadline.passed():
+                break
+        except BaseException:
+            sock.close()
+            raise
+    raise failure
+
+
+class _SocketPort(protocol_socket.Serial):
+    """pyserial's ``socket://`` port with a TCP connect that ends at a deadline: pyserial's
+    own waits a module-wide ``POLL_TIMEOUT`` (5 s) that no caller can cut short. All but
+    the connect is pyserial's."""
+
+    _socket: socket.socket | None
+
+    def open(self) -> None:
+        self.open_by(Deadline(time.monotonic() + CONNECT_TIMEOUT))
+
+    def open_by(self, deadline: Deadline) -> None:
+        if self.is_open:
+            raise serial.SerialException("Port is already open.")
+        self.logger = None
+        host, port = self.from_url(str(self.portstr))  # applies ?logging= too
+        try:
+            self._socket = tcp_connect(host, port, deadline)
+        except OSError as error:
+            self._socket = None
+            raise serial.SerialException(f"Could not open port {self.portstr}: {error}") from None
+        self.is_open = True
+        self.reset_input_buffer()
+        self.reset_output_buffer()
 
 
 _ERRNO_HINTS = {

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from pathlib import Path
 
 import pytest
 from support.inprocess import InProcessExporter, bank, handler_threads, resources
 from support.metrics import Key, assert_readings_equal, expected_readings, key, readings, select
+from support.net import black_hole
 from support.processes import Exporter
 from support.stacks import frozen_stack
 from support.waiting import wait_for
@@ -353,34 +353,34 @@ def test_a_client_with_a_tiny_scrape_timeout_does_not_decide_what_prometheus_get
 
 
 def test_an_unreachable_gateway_costs_the_other_line_nothing(stack):
-    """A gateway whose TCP connect hangs (its accept queue is full, SYNs are dropped):
-    the scrape still ends by its deadline, and the healthy line's bank is complete."""
-    black_hole = socket.create_server(("127.0.0.1", 0), backlog=0)
-    port = black_hole.getsockname()[1]
-    fillers = []
-    for _ in range(4):  # fill the accept queue; later connects hang
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-        fillers.append(filler)
+    """A gateway whose TCP connect hangs (SYNs dropped) next to a healthy one that is reset
+    before every scrape, so that both lines connect during each scrape: every scrape ends
+    by its deadline with the healthy bank complete (the healthy line's connect never waits
+    for the dead one's)."""
+    tcp = TcpSimulator(Rs485Responder(stack), latency=0).start()
     try:
         with (
-            TcpSimulator(Rs485Responder(stack), latency=0) as tcp,
+            black_hole() as dead,
             InProcessExporter(
                 bank(tcp.url, name="ok"),
-                bank(f"socket://127.0.0.1:{port}", name="gone", timeout=1, modules=1),
+                bank(f"socket://127.0.0.1:{dead}", name="gone", timeout=1, modules=1),
                 ready=False,
             ) as exporter,
         ):
             assert wait_for(lambda: exporter.poller.banks[0].settled)
-            samples = exporter.scrape(headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
-        assert samples[key("pylontech_up", bank="ok")] == 1.0
-        assert samples[key("pylontech_up", bank="gone")] == 0.0
-        assert set(module_up(samples, "ok").values()) == {1.0}
+            for scrape in range(6):
+                tcp.stop()  # the healthy gateway reboots: its line reconnects in the scrape
+                tcp = TcpSimulator(Rs485Responder(stack), port=tcp.port, latency=0).start()
+                stack.set_current(float(scrape))
+                samples = exporter.scrape(headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
+                assert samples[key("pylontech_up", bank="ok")] == 1.0, scrape
+                assert module_up(samples, "ok") == {1: 1.0, 2: 1.0, 3: 1.0}, scrape
+                assert_readings_equal(
+                    readings(select(samples, bank="ok")), expected_readings(stack, "ok", 0)
+                )
+                assert samples[key("pylontech_up", bank="gone")] == 0.0
     finally:
-        for filler in fillers:
-            filler.close()
-        black_hole.close()
+        tcp.stop()
 
 
 def test_a_different_stack_behind_the_same_gateway_is_not_served_under_this_ones_name():

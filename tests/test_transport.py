@@ -13,8 +13,16 @@ import time
 import tty
 
 import pytest
+from support.net import black_hole
 
-from pylontech_exporter.errors import ListenOnlyError, ResponseTimeout, TransportError
+from pylontech_exporter import transport
+from pylontech_exporter.deadline import Deadline
+from pylontech_exporter.errors import (
+    DeadlinePassed,
+    ListenOnlyError,
+    ResponseTimeout,
+    TransportError,
+)
 from pylontech_exporter.rs485.frame import Command, Frame, encode_frame, encode_request
 from pylontech_exporter.rs485.stream import FrameSplitter
 from pylontech_exporter.simulator import Rs485Responder
@@ -247,6 +255,95 @@ def test_refused_connection_is_a_clear_error():
     server.close()
     with pytest.raises(TransportError, match="refused"):
         SerialTransport(f"socket://127.0.0.1:{port}", framer=FrameSplitter()).open()
+
+
+def _in_thread(call) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``call`` on a thread; what it raised is in the list once the thread ends."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+@pytest.fixture
+def long_waits(monkeypatch):
+    """pyserial-like fixed waits far longer than any test: only a deadline can end them."""
+    monkeypatch.setattr(transport, "CONNECT_TIMEOUT", 600.0)
+    monkeypatch.setattr(transport, "WRITE_TIMEOUT", 600.0)
+
+
+def test_a_connect_that_hangs_ends_at_the_deadline(long_waits):
+    with black_hole() as port:
+        line = SerialTransport(f"socket://127.0.0.1:{port}", framer=FrameSplitter())
+        thread, raised = _in_thread(lambda: line.open(Deadline(time.monotonic() + 0.3)))
+        thread.join(30)
+        assert not thread.is_alive(), "the connect outlived its deadline"
+    assert [type(error) for error in raised] == [DeadlinePassed]
+    assert not line.is_open
+
+
+def test_a_connect_that_hangs_ends_when_its_deadline_is_cut(long_waits):
+    """Background work's deadline is cut when a scrape needs the line."""
+    background = Deadline()
+    with black_hole() as port:
+        line = SerialTransport(f"socket://127.0.0.1:{port}", framer=FrameSplitter())
+        thread, raised = _in_thread(lambda: line.open(background))
+        time.sleep(0.2)
+        background.cut()
+        thread.join(30)
+        assert not thread.is_alive(), "the connect went on after its deadline was cut"
+    assert [type(error) for error in raised] == [DeadlinePassed]
+
+
+def test_a_hanging_connect_does_not_hold_up_another_lines_connect(long_waits):
+    gateway = Gateway()
+    with black_hole() as port:
+        dead = SerialTransport(f"socket://127.0.0.1:{port}", framer=FrameSplitter())
+        stuck = Deadline()
+        thread, _ = _in_thread(lambda: dead.open(stuck))
+        time.sleep(0.2)  # let it start connecting
+        try:
+            line = SerialTransport(gateway.url, framer=FrameSplitter())
+            line.send(REQUEST, Deadline(time.monotonic() + 5))  # connects while the other hangs
+            assert line.read_frame(1) == ANSWER
+            assert thread.is_alive()  # the other connect is still waiting
+            line.close()
+        finally:
+            stuck.cut()
+            thread.join(30)
+    gateway.close()
+
+
+def test_without_a_deadline_a_hanging_connect_gives_up_after_the_connect_timeout(monkeypatch):
+    monkeypatch.setattr(transport, "CONNECT_TIMEOUT", 0.3)
+    with black_hole() as port:
+        line = SerialTransport(f"socket://127.0.0.1:{port}", framer=FrameSplitter())
+        with pytest.raises(TransportError, match="timed out"):
+            line.open()
+
+
+def test_a_write_that_cannot_go_out_ends_at_the_deadline(pty_pair, long_waits):
+    """Nobody reads the other end: the line's buffer fills and a write blocks."""
+    _, path = pty_pair
+    line = SerialTransport(path, framer=FrameSplitter())
+    request = b"~" + b"2" * 200 + b"\r"
+
+    def fill() -> None:
+        for _ in range(10_000):  # far more than a pty buffers
+            line.send(request, Deadline(time.monotonic() + 0.3))
+
+    thread, raised = _in_thread(fill)
+    thread.join(30)
+    assert not thread.is_alive(), "the write outlived its deadline"
+    assert [type(error) for error in raised] == [DeadlinePassed]
+    assert not line.is_open
 
 
 class Rfc2217Gateway:
