@@ -12,9 +12,14 @@ Both need node and `npm ci` in tests/grafana_schema; they skip without them unle
 PYLONTECH_REQUIRE_GRAFANA_SCHEMA=1 (as in CI).
 
 Last, every panel as Grafana lays it out for a stack of 2 banks x 16 modules (each
-repeated copy, each query) against a real Prometheus scraping `pylontech-exporter
---simulate`: every query runs and has data, no copy mixes banks or modules, series names
-are unique within a panel, the series fit the panel, and values keep their precision.
+repeated copy, each query) against a real Prometheus, once per source: the exporter as
+the RS485 master (`--simulate`), listening beside a virtual inverter (`--simulate
+--serial.listen-only`) and reading two RS232 consoles (`protocol: console`). The
+variables find the stack (console banks only on the console: RS485 users get no console
+rows), every query runs and has data but for what the source does not carry
+(SOURCE_GAPS, each with its reason and checked to be empty), no copy mixes banks or
+modules, series names are unique within a panel, the series fit the panel, and values
+keep their precision.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from support.dashboard import (
     PanelCopy,
     all_panels,
     all_values,
+    bank_variables,
+    dashboard_targets,
     grafana_builtins,
     grafana_regex_value,
     has_data,
@@ -51,9 +58,12 @@ from support.dashboard import (
     parse_label_values,
     promql_exprs,
     query_panels,
+    query_variables,
     render_legend,
     require_grafana_node,
     substitute,
+    variable_label,
+    variable_options,
     variable_query,
     variables,
 )
@@ -66,12 +76,15 @@ from support.rules import (
     known_metric_names,
     load_groups,
     metric_names_in_promql,
-    recording_rule_names,
     require_binary,
     rule_files,
     run_promtool,
 )
 from support.waiting import wait_until
+
+from pylontech_exporter.simulator import BatteryStack
+from pylontech_exporter.simulator.console import ConsoleResponder
+from pylontech_exporter.simulator.serve import TcpSimulator
 
 PROVISIONING = REPO / "grafana" / "provisioning"
 DASHBOARD_UID = "pylontech-overview"
@@ -183,6 +196,7 @@ def check_repeats(dashboard: dict) -> list[str]:
     its title or its row's; series named by module name their bank unless the panel is
     one bank's."""
     problems = []
+    banks = bank_variables(dashboard)
     for row, panel in panels_by_row(dashboard):
         name = panel_name(panel)
         misplaced = {"repeat", "repeatDirection"} & set(
@@ -193,14 +207,14 @@ def check_repeats(dashboard: dict) -> list[str]:
         row_variable = row.get("repeat") if row else None
         scope = {v for v in (row_variable, panel.get("repeat")) if v}
         titles = str(panel.get("title", "")) + " " + str((row or {}).get("title", ""))
-        if panel.get("repeat") == "module" and row_variable != "bank":
+        if panel.get("repeat") == "module" and row_variable not in banks:
             problems.append(f"{name}: repeated per module outside a row repeated per bank")
         for variable in sorted(scope):
             if f"${variable}" not in titles:
                 problems.append(f"{name}: repeated per {variable}; no ${variable} in its title")
         if "$module" in titles and "module" not in scope:
             problems.append(f"{name}: titled per module but does not repeat")
-        if "bank" in scope:
+        if scope & banks:
             continue
         for target in panel.get("targets", []):
             legend = target.get("legendFormat", "")
@@ -264,6 +278,8 @@ def check_variables(dashboard: dict) -> list[str]:
         "instance": "pylontech_up",
         "bank": "pylontech_up",
         "module": "pylontech_module_up",
+        # Only console banks have it: no console bank, no console rows.
+        "console_bank": "pylontech_console_unparsed_total",
     }
     for name, metric in expected.items():
         variable = found.get(name)
@@ -292,14 +308,14 @@ def check_metric_names(dashboard: dict, known: set[str]) -> list[str]:
 
 
 def check_alert_thresholds_drawn(dashboard: dict, groups: list[dict]) -> list[str]:
-    """An alert `<recording rule> > N` has N drawn as a threshold line on a panel of it."""
-    recorded = recording_rule_names(groups)
+    """An alert `<metric or recording rule> > N` has N drawn as a threshold line on a
+    panel of it."""
     problems = []
     for rule in iter_rules(groups):
         if "alert" not in rule:
             continue
         match = re.fullmatch(r"\s*([\w:]+)\s*[<>]=?\s*([0-9.]+)\s*", rule["expr"])
-        if not match or match.group(1) not in recorded:
+        if not match:
             continue
         metric, value = match.group(1), float(match.group(2))
         drawn = False
@@ -483,16 +499,20 @@ def test_check_repeats_catches_modules_of_every_bank_in_one_panel(dashboard):
     broken = copy.deepcopy(dashboard)
     per_module = [p for p in all_panels(broken) if p.get("repeat") == "module"]
     rows = {id(row): row for row, panel in panels_by_row(broken) if panel in per_module}
-    assert per_module and len(rows) == 1
-    next(iter(rows.values())).pop("repeat")
-    bank_panel = _panel(broken, 12)  # state of charge per module, in a row per bank
-    next(row for row, panel in panels_by_row(broken) if panel is bank_panel).pop("repeat")
+    assert per_module and len(rows) == 2  # per bank, and per console bank
+    for row in rows.values():
+        row.pop("repeat")
+    # State of charge and state of health per module, in a row per bank / console bank.
+    bank_panels = [_panel(broken, 12), _panel(broken, 44)]
+    for bank_panel in bank_panels:
+        next(row for row, panel in panels_by_row(broken) if panel is bank_panel).pop("repeat")
     problems = check_repeats(broken)
     for panel in per_module:
         assert f"{panel_name(panel)}: repeated per module outside a row repeated per bank" in (
             problems
         )
-    assert f"{panel_name(bank_panel)} target A: names modules without their bank" in problems
+    for bank_panel in bank_panels:
+        assert f"{panel_name(bank_panel)} target A: names modules without their bank" in problems
 
 
 def test_every_panel_has_a_description(dashboard):
@@ -549,8 +569,13 @@ def test_check_alert_thresholds_drawn_catches_drift(dashboard, groups):
     for rule in iter_rules(broken):
         if rule.get("alert") == "PylontechCellVoltageImbalance":
             rule["expr"] = rule["expr"].replace("0.05", "0.04")
+        if rule.get("alert") == "PylontechStateOfHealthLow":  # on a metric, not a record
+            rule["expr"] = rule["expr"].replace("0.8", "0.75")
     problems = check_alert_thresholds_drawn(dashboard, broken)
-    assert len(problems) == 1 and "PylontechCellVoltageImbalance" in problems[0], problems
+    assert [p.split(":")[0] for p in problems] == [
+        "PylontechCellVoltageImbalance",
+        "PylontechStateOfHealthLow",
+    ], problems
 
 
 @pytest.mark.prometheus
@@ -726,6 +751,7 @@ def test_display_check_sees_the_rounding_of_issue_12(node):
 
 BIG_BANKS = 2
 BIG_MODULES = 16
+BIG_MODEL = "US3000C"  # the demo's (--simulate)
 #: Reading 32 simulated modules takes about 3 s.
 BIG_INTERVAL = 5
 #: Shown (as a number) by Grafana no finer than this, by unit: the BMS's resolution.
@@ -733,6 +759,39 @@ RESOLUTION = {"volt": 0.001, "amp": 0.1, "celsius": 0.1, "amph": 0.001, "suffix:
 #: SI prefixes in displayed values, and the units whose displayed numbers are checked.
 SI_PREFIX = {"": 1.0, "k": 1e3, "M": 1e6, "m": 1e-3, "µ": 1e-6}
 CHECKED_UNITS = {"watt", "watth", "volt", "amp", "amph", "suffix:Ah", "celsius", "none"}
+
+#: Dashboard targets without data on a healthy stack because the source does not carry
+#: the datum: source -> {where -> why}. The sources: `rs485` (the exporter is the bus
+#: master), `rs485-listen` (listen-only beside an inverter polling with the `full`
+#: profile), `console` (the RS232 console). Each entry must be empty in every copy, and
+#: every other target have data (HEALTHY_EMPTY aside).
+_NO_0x92 = "the console has no charge/discharge management (0x92)"
+SOURCE_GAPS: dict[str, dict[str, str]] = {
+    "rs485": {},
+    "rs485-listen": {
+        "panel 37 'Request failure ratio (5m)' target A": (
+            "nothing is sent: failures over requests is 0 / 0"
+        ),
+    },
+    "console": {
+        "panel 27 'Alarms and protections, bank $bank' target A": (
+            "the console prints no protection flags (0x44 Status1)"
+        ),
+        "panel 27 'Alarms and protections, bank $bank' target E": (
+            "the console prints no per-cell voltage error flags (0x44 Status4/5)"
+        ),
+        "panel 29 'Status flags, bank $bank' target A": (
+            "the console prints no MOSFET, heater or buzzer flags (0x44 Status2/3)"
+        ),
+        "panel 31 'Current limits, bank $bank' target A": _NO_0x92,
+        "panel 31 'Current limits, bank $bank' target B": _NO_0x92,
+        "panel 32 'Voltage limits, bank $bank' target A": _NO_0x92,
+        "panel 32 'Voltage limits, bank $bank' target B": _NO_0x92,
+        "panel 33 'Charge and discharge enabled, bank $bank' target A": _NO_0x92,
+        "panel 33 'Charge and discharge enabled, bank $bank' target B": _NO_0x92,
+        "panel 41 'Charge requests, bank $bank' target A": _NO_0x92,
+    },
+}
 
 
 @dataclass
@@ -746,18 +805,17 @@ class Series:
 class CopyResult:
     copy: PanelCopy
     series: list[Series]
-    problems: list[str]  # queries that failed or had no data
+    queried: list[str]  # the `where` of each target (panel and refId, as HEALTHY_EMPTY)
+    empty: dict[str, str]  # where -> expression (variables replaced) of a target without data
 
 
-def bank_and_module_options(prometheus: Prometheus) -> dict[str, list[str]]:
-    def label_values(label: str, metric: str) -> list[str]:
-        found = prometheus.api(f"label/{label}/values", **{"match[]": metric})
-        return sorted(found, key=lambda v: (len(v), v))
+@dataclass
+class BigStack:
+    """Every panel copy of the dashboard for the stack read through ``source``."""
 
-    return {
-        "bank": label_values("bank", "pylontech_up"),
-        "module": label_values("module", "pylontech_module_up"),
-    }
+    source: str
+    options: dict[str, list[str]]  # each variable's options, as Grafana finds them
+    results: list[CopyResult]
 
 
 def copy_values(dashboard: dict, panel_copy: PanelCopy) -> dict[str, str]:
@@ -770,100 +828,213 @@ def copy_values(dashboard: dict, panel_copy: PanelCopy) -> dict[str, str]:
 def run_copy(prometheus: Prometheus, dashboard: dict, panel_copy: PanelCopy) -> CopyResult:
     builtins = grafana_builtins(BIG_INTERVAL)
     values = copy_values(dashboard, panel_copy)
-    series, problems = [], []
+    series, queried, empty = [], [], {}
     for target in panel_copy.panel.get("targets", []):
         where = f"{panel_name(panel_copy.panel)} target {target['refId']}"
+        queried.append(where)
         expr = substitute(target["expr"], values, builtins)
         end = time.time()
         if target.get("instant"):
             result = prometheus.query(expr)
         else:
             result = prometheus.query_range(expr, end - 60, end, BIG_INTERVAL)
-        if not has_data(result) and where not in HEALTHY_EMPTY:
-            problems.append(f"{panel_copy.name} target {target['refId']}: no data\n    {expr}")
+        if not has_data(result):
+            empty[where] = expr
         for found in result:
             samples = found.get("values") or [found["value"]]
             numbers = [float(v) for _, v in samples if not math.isnan(float(v))]
             labels = found["metric"]
             name = render_legend(target.get("legendFormat", ""), labels)
             series.append(Series(labels, name, numbers[-1] if numbers else None))
-    return CopyResult(panel_copy, series, problems)
+    return CopyResult(panel_copy, series, queried, empty)
+
+
+def console_banks(cleanup: contextlib.ExitStack, tmp: Path) -> list[str]:
+    """The exporter's arguments for BIG_BANKS console banks: a config file with a bank
+    of `protocol: console` on each of BIG_BANKS virtual consoles (TCP, as a serial
+    bridge), each console's stack BIG_MODULES batteries."""
+    banks = []
+    for bank in range(BIG_BANKS):
+        stack = BatteryStack(modules=BIG_MODULES, groups=[0], model=BIG_MODEL, seed=bank)
+        stack.follow_clock()
+        server = cleanup.enter_context(TcpSimulator(ConsoleResponder(stack)))
+        banks.append({"name": str(bank), "port": server.url, "protocol": "console"})
+    config = tmp / "console.yml"
+    config.write_text(yaml.safe_dump({"banks": banks}), encoding="utf-8")
+    return ["--config.file", str(config)]
+
+
+def exporter_arguments(source: str, cleanup: contextlib.ExitStack, tmp: Path) -> list[str]:
+    """How a user reads BIG_BANKS x BIG_MODULES modules through ``source``: the demo's
+    virtual stack with the exporter as bus master, the same beside a virtual inverter
+    (its default poll profile, `full`), or console ports."""
+    if source == "console":
+        return console_banks(cleanup, tmp)
+    groups = [arg for group in range(BIG_BANKS) for arg in ("--group", str(group))]
+    listen = ["--serial.listen-only", "--simulate.inverter", "full"]
+    return [
+        "--simulate",
+        "--simulate.modules",
+        str(BIG_MODULES),
+        *(listen if source == "rs485-listen" else []),
+        *groups,
+    ]
+
+
+#: What says that every panel can have data, per bank: the failure ratio (rates need two
+#: scrapes that read the bus, and the ratio an evaluation after them; NaN until then);
+#: where nothing is sent, the state of charge recorded from three scrapes.
+READY = {
+    "rs485": "bank:pylontech_serial_request_failures:ratio_rate5m >= 0",
+    "rs485-listen": (
+        "count_over_time(bank:pylontech_state_of_charge_ratio:capacity_weighted[1m]) >= 3"
+    ),
+    "console": "bank:pylontech_serial_request_failures:ratio_rate5m >= 0",
+}
+
+
+@dataclass
+class Started:
+    """A source's exporter and the Prometheus scraping it, still starting."""
+
+    source: str
+    exporter: Exporter
+    prometheus: Prometheus
+
+
+def start_source(source: str, cleanup: contextlib.ExitStack, tmp: Path) -> Started:
+    """The exporter reading BIG_BANKS x BIG_MODULES virtual modules through ``source``,
+    and a real Prometheus with the recording rules scraping it; not waiting for data."""
+    exporter = cleanup.enter_context(
+        Exporter(*exporter_arguments(source, cleanup, tmp), "--cache.ttl", "0", ready=False)
+    )
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "scrape_interval": f"{BIG_INTERVAL}s",
+                    "scrape_timeout": f"{BIG_INTERVAL}s",
+                    "evaluation_interval": f"{BIG_INTERVAL}s",
+                },
+                "rule_files": [str(RECORDING_RULES)],
+                "scrape_configs": [
+                    {"job_name": "pylontech", "static_configs": [{"targets": [exporter.address]}]}
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    prometheus = start_prometheus(config, tmp)
+    cleanup.callback(prometheus.process.stop)
+    return Started(source, exporter, prometheus)
+
+
+def every_copy(started: Started, dashboard: dict) -> BigStack:
+    """Once the source has data for both banks, every panel copy of ``dashboard`` with
+    the variables' options as Grafana finds them."""
+    exporter, prometheus, source = started.exporter, started.prometheus, started.source
+    # Listening, the modules are known once the inverter's slow poll cycle (0x92, 0x93,
+    # 0x96 and 0x47 of each of the 32 modules) has gone round: 30 s and more.
+    exporter.wait_ready(timeout=120)
+    wait_until(
+        lambda: len(prometheus.query(READY[source])) == BIG_BANKS,
+        f"{source}: data for both banks: {READY[source]}",
+        60,
+        interval=1,
+        alive=lambda: None if exporter.running() else exporter.describe(),
+    )
+
+    def label_values(selector: str, label: str) -> list[str]:
+        return prometheus.api(f"label/{label}/values", **{"match[]": selector})
+
+    options = variable_options(dashboard, all_values(dashboard), label_values)
+    results = [run_copy(prometheus, dashboard, c) for c in panel_copies(dashboard, options)]
+    return BigStack(source, options, results)
 
 
 @pytest.fixture(scope="module")
-def big_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[CopyResult]]:
-    """`pylontech-exporter --simulate` with 2 banks of 16 modules, scraped by a real
-    Prometheus with the recording rules; every panel copy's queries run once it has data."""
+def big_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, BigStack]]:
+    """Every source (`rs485`, `rs485-listen`, `console`) with its own exporter and
+    Prometheus, all started at once: their start is mostly waiting (for the listening
+    exporter, on the inverter's poll cycle), so together they take about as long as the
+    slowest alone."""
     require_binary("promtool")
-    tmp = tmp_path_factory.mktemp("dashboard_2x16")
     dashboard = load_dashboard()
     with contextlib.ExitStack() as cleanup:
-        groups = [arg for group in range(BIG_BANKS) for arg in ("--group", str(group))]
-        exporter = cleanup.enter_context(
-            Exporter(
-                "--simulate", "--simulate.modules", str(BIG_MODULES), "--cache.ttl", "0", *groups
-            )
-        )
-        config = tmp / "prometheus.yml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {
-                        "scrape_interval": f"{BIG_INTERVAL}s",
-                        "scrape_timeout": f"{BIG_INTERVAL}s",
-                        "evaluation_interval": f"{BIG_INTERVAL}s",
-                    },
-                    "rule_files": [str(RECORDING_RULES)],
-                    "scrape_configs": [
-                        {
-                            "job_name": "pylontech",
-                            "static_configs": [{"targets": [exporter.address]}],
-                        }
-                    ],
-                }
-            ),
-            encoding="utf-8",
-        )
-        prometheus = start_prometheus(config, tmp)
-        cleanup.callback(prometheus.process.stop)
-        # Rates need two scrapes (that both read the bus: no cache) and the failure ratio
-        # an evaluation after them; it is NaN (not >= 0) until then.
-        ratio = "bank:pylontech_serial_request_failures:ratio_rate5m >= 0"
-        wait_until(
-            lambda: len(prometheus.query(ratio)) == BIG_BANKS,
-            "the recording rules to have data for both banks",
-            60,
-            interval=1,
-            alive=lambda: None if exporter.running() else exporter.describe(),
-        )
-        options = bank_and_module_options(prometheus)
-        assert options == {
-            "bank": [str(b) for b in range(BIG_BANKS)],
-            "module": [str(m) for m in range(1, BIG_MODULES + 1)],
-        }
-        yield [run_copy(prometheus, dashboard, c) for c in panel_copies(dashboard, options)]
+        started = [
+            start_source(source, cleanup, tmp_path_factory.mktemp(f"dashboard_2x16_{source}"))
+            for source in SOURCE_GAPS
+        ]
+        yield {s.source: every_copy(s, dashboard) for s in started}
+
+
+@pytest.fixture(params=list(SOURCE_GAPS))
+def big_stack(request: pytest.FixtureRequest, big_stacks: dict[str, BigStack]) -> BigStack:
+    """Every panel copy for the stack read through one source in turn."""
+    return big_stacks[request.param]
 
 
 @pytest.mark.prometheus
-def test_every_panel_copy_has_data_at_2x16(big_stack: list[CopyResult]):
-    per_module = [r for r in big_stack if "module" in r.copy.scope]
-    # 3 panels for each of the 32 modules, each within the copy of its bank's row.
-    assert len(per_module) == 3 * BIG_BANKS * BIG_MODULES
-    assert all("bank" in r.copy.scope for r in per_module)
-    problems = [p for r in big_stack for p in r.problems]
+def test_the_variables_find_the_stack(big_stack: BigStack):
+    """Both banks and their 16 modules; console banks only where the source is the
+    console: on RS485 not one copy of the console rows."""
+    banks = [str(b) for b in range(BIG_BANKS)]
+    console = big_stack.source == "console"
+    assert big_stack.options == {
+        "job": ["pylontech"],
+        "instance": big_stack.options["instance"][:1],
+        "bank": banks,
+        "module": [str(m) for m in range(1, BIG_MODULES + 1)],
+        "console_bank": banks if console else [],
+    }
+    console_rows = [r.copy.name for r in big_stack.results if "console_bank" in r.copy.scope]
+    assert len(console_rows) == (CONSOLE_PANELS_PER_BANK * BIG_BANKS if console else 0)
+
+
+#: Copies in the console rows per console bank: 9 panels of the bank, 3 of each module.
+CONSOLE_PANELS_PER_BANK = 9 + 3 * BIG_MODULES
+#: Panels repeated per module inside a row per bank: the module rows, and the console's.
+PANELS_PER_MODULE = {"rs485": 3, "rs485-listen": 3, "console": 3 + 3}
+
+
+@pytest.mark.prometheus
+def test_every_panel_copy_has_data_at_2x16(big_stack: BigStack):
+    """Every query of every copy has data, but those that show exceptions only
+    (HEALTHY_EMPTY) and those of data the source does not carry (SOURCE_GAPS): those are
+    empty in every copy, or their entry is stale."""
+    per_module = [r for r in big_stack.results if "module" in r.copy.scope]
+    # Each panel per module for each of the 32 modules, within the copy of its bank's row.
+    assert len(per_module) == PANELS_PER_MODULE[big_stack.source] * BIG_BANKS * BIG_MODULES
+    assert all(set(r.copy.scope) & {"bank", "console_bank"} for r in per_module)
+    gaps = SOURCE_GAPS[big_stack.source]
+    expected_empty = {**HEALTHY_EMPTY, **gaps}
+    problems = [
+        f"{result.copy.name} target {where.rsplit(' ', 1)[1]}: no data\n    {expr}"
+        for result in big_stack.results
+        for where, expr in result.empty.items()
+        if where not in expected_empty
+    ]
+    with_data = {w for r in big_stack.results for w in r.queried if w not in r.empty}
+    problems += [
+        f"{where}: has data, but is listed as empty ({expected_empty[where]})"
+        for where in sorted(with_data & set(expected_empty))
+    ]
+    known = {t.where for t in dashboard_targets(load_dashboard())}
+    problems += [f"SOURCE_GAPS[{big_stack.source!r}]: no {w}" for w in sorted(set(gaps) - known)]
     assert not problems, "\n".join(problems)
 
 
 @pytest.mark.prometheus
-def test_no_panel_copy_mixes_banks_or_modules(big_stack: list[CopyResult]):
+def test_no_panel_copy_mixes_banks_or_modules(big_stack: BigStack):
+    labels = {v["name"]: variable_label(v) for v in query_variables(load_dashboard())}
     problems = []
-    for result in big_stack:
+    for result in big_stack.results:
         for variable, value in result.copy.scope.items():
-            other = {s.labels.get(variable) for s in result.series} - {value}
+            label = labels[variable]  # console_bank: the label `bank`
+            other = {s.labels.get(label) for s in result.series} - {value}
             if other:
-                problems.append(
-                    f"{result.copy.name}: series of {variable} {sorted(other, key=str)}"
-                )
+                problems.append(f"{result.copy.name}: series of {label} {sorted(other, key=str)}")
         # Module numbers restart in every bank: a copy for "module 1" is one bank's.
         banks = {s.labels.get("bank") for s in result.series}
         if "module" in result.copy.scope and len(banks) > 1:
@@ -878,6 +1049,8 @@ def test_no_panel_copy_mixes_banks_or_modules(big_stack: list[CopyResult]):
 def readability_problems(result: CopyResult) -> list[str]:
     panel, count = result.copy.panel, len(result.series)
     kind, h = panel["type"], panel["gridPos"]["h"]
+    if not count:  # nothing to draw (an empty query is test_every_panel_copy_has_data's)
+        return []
     if kind == "timeseries" and count > MAX_LINES:
         return [f"{result.copy.name}: {count} lines, more than {MAX_LINES}"]
     if kind == "state-timeline":
@@ -896,8 +1069,8 @@ def readability_problems(result: CopyResult) -> list[str]:
 
 
 @pytest.mark.prometheus
-def test_panels_are_readable_at_2x16(big_stack: list[CopyResult]):
-    problems = [p for result in big_stack for p in readability_problems(result)]
+def test_panels_are_readable_at_2x16(big_stack: BigStack):
+    problems = [p for result in big_stack.results for p in readability_problems(result)]
     assert not problems, "\n".join(problems)
 
 
@@ -915,13 +1088,13 @@ def displayed_number(text: str) -> tuple[float, float] | None:
 
 
 @pytest.mark.prometheus
-def test_values_keep_their_precision_at_2x16(big_stack: list[CopyResult], node):
+def test_values_keep_their_precision_at_2x16(big_stack: BigStack, node):
     """Every number the stack shows, formatted by Grafana with its panel's settings: off
     by at most 1 % (not 2499 W as "2 kW"), no decimal finer than the BMS measures (not
     7 mV as "7.000 mV")."""
     checked = [
         (r, s)
-        for r in big_stack
+        for r in big_stack.results
         if r.copy.panel["type"] in ("stat", "bargauge", "timeseries")
         and r.copy.panel["fieldConfig"]["defaults"]["unit"] in CHECKED_UNITS
         for s in r.series

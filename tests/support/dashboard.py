@@ -9,7 +9,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +195,37 @@ def parse_label_values(query: str) -> tuple[str, str] | None:
     """(selector, label) of a `label_values(selector, label)` variable query, else None."""
     match = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", query, flags=re.DOTALL)
     return (match.group(1), match.group(2)) if match else None
+
+
+def variable_label(variable: dict) -> str | None:
+    """The label a `label_values` variable lists (``bank`` for both the bank and the
+    console bank variable), else None."""
+    parsed = parse_label_values(variable_query(variable))
+    return parsed[1] if parsed else None
+
+
+def bank_variables(dashboard: dict) -> set[str]:
+    """The variables whose values are banks: a copy per one of them is one bank's."""
+    return {v["name"] for v in query_variables(dashboard) if variable_label(v) == "bank"}
+
+
+#: (selector, label) -> the label's values on the series the selector matches.
+LabelValues = Callable[[str, str], Sequence[str]]
+
+
+def variable_options(
+    dashboard: dict, values: Mapping[str, str], label_values: LabelValues
+) -> dict[str, list[str]]:
+    """Each query variable's options as Grafana finds them: its `label_values` selector
+    with the variables before it set to ``values`` (Grafana's regex values), in the
+    dashboard's natural order ("2" before "10")."""
+    options = {}
+    for variable in query_variables(dashboard):
+        parsed = parse_label_values(variable_query(variable))
+        assert parsed, f"variable {variable['name']} is not label_values(selector, label)"
+        found = label_values(substitute(parsed[0], dict(values), {}), parsed[1])
+        options[variable["name"]] = sorted(found, key=lambda v: (len(v), v))
+    return options
 
 
 def promql_exprs(dashboard: dict) -> list[tuple[str, str]]:
