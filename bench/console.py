@@ -7,7 +7,7 @@ at 115200 Bd by :class:`ConsoleLine`, the same emulated line as the RS485 sectio
 typed line's own bytes waited for first, the simulator's time to build an answer taken out.
 The console's time to its first byte is not in the recordings: it is 0 here, so the floor
 is the bytes alone: (typed line + answer, its echo included) x 10 / baud, summed over the
-commands of the scrape. Two scrapes:
+commands of the scrape. Three scrapes:
 
 - *pwr only*: the exporter's client (:class:`ConsoleShell`) sends ``pwr``, the one command
   every scrape needs; its answer must list every battery;
@@ -359,7 +359,9 @@ def report(
     if budget:
         out += [
             "",
-            "What fits a 10 s scrape (`pwr`, then `bat N` of as many batteries as fit):",
+            "What fits a 10 s scrape (`pwr`, then `bat N` of as many batteries as fit), "
+            f"from the {budget[0]['batteries']}-battery stack: measured at {BAUD} Bd, the "
+            "floor of its bytes at the slower rates:",
             "",
         ]
         fit_rows = [
@@ -381,10 +383,10 @@ def report(
             table(
                 [
                     "Bd",
-                    f"from ({budget[0]['batteries']} batteries)",
+                    "basis",
                     "pwr s",
                     "bat N s",
-                    "16 batteries need s",
+                    "pwr + 16 x bat N s",
                     "a 10 s scrape reads",
                 ],
                 fit_rows,
