@@ -25,6 +25,7 @@ YAML schema (``--config.file``)::
 from __future__ import annotations
 
 import errno
+import ipaddress
 import math
 import os
 import socket
@@ -421,13 +422,15 @@ def is_device_path(port: str) -> bool:
     return "://" not in port
 
 
-def canonical_port(port: str) -> str:
+def canonical_port(port: str) -> frozenset[str]:
     """The port as the system sees it, to tell two spellings of one port apart from two
-    ports: a device path with its symlinks resolved, a URL with its host resolved.
+    ports: a device path with its symlinks resolved; for a URL every address its host
+    resolves to, with the TCP port, whatever the scheme (``socket://`` and ``rfc2217://``
+    to one gateway port are one port), an IPv4-mapped IPv6 address as its IPv4 address.
     ConfigError for a URL scheme pyserial is not given here, or a host that does not
     resolve."""
     if is_device_path(port):
-        return os.path.realpath(port)
+        return frozenset({os.path.realpath(port)})
     url = urlsplit(port)
     if url.scheme not in URL_SCHEMES:
         raise ConfigError(
@@ -446,22 +449,37 @@ def canonical_port(port: str) -> str:
         raise ConfigError(
             f"port {port}: host {url.hostname!r} does not resolve ({error})"
         ) from None
-    return f"{url.scheme}://{found[0][4][0]}:{number}"
+    return frozenset(_host_and_port(str(address[0]), number) for *_, address in found)
+
+
+def _host_and_port(address: str, number: int) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"{address}:{number}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return f"[{ip.compressed}]:{number}"
+        ip = ip.ipv4_mapped
+    return f"{ip}:{number}"
 
 
 def check_ports(banks: list[BankConfig]) -> None:
     """Every port is usable and named once: a URL resolves, a local device exists and is
     free (opened and closed once), and no two spellings name the same port (a symlink and
-    its target, ``localhost`` and ``127.0.0.1``): they would be two masters on one bus."""
-    seen: dict[str, str] = {}
+    its target, ``localhost`` and ``127.0.0.1``, ``socket://`` and ``rfc2217://`` to one
+    gateway port): they would be two masters on one bus."""
+    seen: dict[str, str] = {}  # a canonical name: the port first seen with it
     for port in dict.fromkeys(b.port for b in banks):
-        canonical = canonical_port(port)
-        if canonical in seen:
+        names = canonical_port(port)
+        same = sorted(names & seen.keys())
+        if same:
+            where = same[0] if is_device_path(port) else f"{urlsplit(port).scheme}://{same[0]}"
             raise ConfigError(
-                f"ports {seen[canonical]} and {port} are the same port ({canonical}); "
+                f"ports {seen[same[0]]} and {port} are the same port ({where}); "
                 "write it the same way for every bank on it"
             )
-        seen[canonical] = port
+        seen.update(dict.fromkeys(names, port))
         check_port_available(port)
 
 

@@ -9,9 +9,11 @@ import pytest
 import serial
 
 from pylontech_exporter.config import (
+    BankConfig,
     ConfigError,
     banks_from_flags,
     check_port_available,
+    check_ports,
     load_config,
     parse_config,
 )
@@ -205,3 +207,54 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, text))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def _two_banks(first: str, second: str) -> list[BankConfig]:
+    document = {"banks": [{"name": "a", "port": first}, {"name": "b", "port": second, "group": 1}]}
+    return parse_config(document, "banks.yml").banks
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shown"),
+    [
+        ("socket://127.0.0.1:4001", "socket://localhost:4001", "socket://127.0.0.1:4001"),
+        ("socket://127.0.0.1:4001", "socket://127.0.0.1:4001/", "socket://127.0.0.1:4001"),
+        ("socket://127.0.0.1:4001", "rfc2217://127.0.0.1:4001", "rfc2217://127.0.0.1:4001"),
+        ("rfc2217://localhost:4001", "socket://127.0.0.1:4001", "socket://127.0.0.1:4001"),
+        ("socket://127.0.0.1:4001", "socket://[::ffff:127.0.0.1]:4001", "127.0.0.1:4001"),
+        ("socket://[::ffff:7f00:1]:4001", "rfc2217://127.1:4001", "127.0.0.1:4001"),
+        ("socket://[::1]:4001", "socket://[0:0::1]:4001", "socket://[::1]:4001"),
+    ],
+)
+def test_one_gateway_port_under_two_names_is_refused(first, second, shown):
+    """Two masters on one bus, or a bank down forever waiting for its own line."""
+    with pytest.raises(ConfigError) as error:
+        check_ports(_two_banks(first, second))
+    message = str(error.value)
+    assert f"ports {first} and {second} are the same port" in message, message
+    assert shown in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("socket://127.0.0.1:4001", "socket://127.0.0.1:4002"),
+        ("socket://127.0.0.1:4001", "rfc2217://127.0.0.2:4001"),
+        ("socket://[::1]:4001", "socket://[::ffff:127.0.0.1]:4002"),
+    ],
+)
+def test_two_gateway_ports_are_two_ports(first, second):
+    check_ports(_two_banks(first, second))
+
+
+def test_a_device_and_a_symlink_to_it_are_one_port(tmp_path):
+    master, slave = os.openpty()
+    try:
+        device = os.ttyname(slave)
+        link = tmp_path / "ttyPylontech"
+        link.symlink_to(device)
+        with pytest.raises(ConfigError, match=f"are the same port \\({device}\\)"):
+            check_ports(_two_banks(device, str(link)))
+    finally:
+        os.close(master)
+        os.close(slave)
