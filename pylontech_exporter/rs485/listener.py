@@ -97,6 +97,8 @@ class ListenSource:
         except (ResponseTimeout, DeadlinePassed):
             pass  # the step is over (or a scrape wants the worker)
         except TransportError as error:
+            if deadline.passed():  # cut: the line was closed under the read (shutting down)
+                return RETRY_SECONDS
             if str(error) != self._line_error:
                 log.warning("cannot listen to the line", extra=kv(err=str(error)))
             self._line_error = str(error)
