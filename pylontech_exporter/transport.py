@@ -13,8 +13,9 @@ Every blocking step is bounded by the caller's :class:`~pylontech_exporter.deadl
 Deadline`, also when it moves or is cut while the step waits: connecting to a gateway,
 waiting for the line to go quiet, writing, reading. Lines share no lock: a gateway that
 never answers a connect costs only its own line. Not bounded by the deadline: resolving a
-gateway's host name (give an IP address), and pyserial's own fixed waits, which are short
-(closing a TCP port sleeps 0.3 s).
+gateway's host name (give an IP address), an ``rfc2217://`` TCP connect (up to 5 s, fixed
+inside pyserial's ``open()``; its negotiation waits are bounded), an ``rfc2217://`` write
+(its socket's 5 s), and pyserial's own short sleeps (closing a TCP port: 0.3 s).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import serial
+from serial import rfc2217
 from serial.urlhandler import protocol_socket
 
 from .deadline import Deadline
@@ -98,7 +100,7 @@ class SerialTransport:
         self.command_gap = command_gap
         #: Never write: another device is the bus master.
         self.listen_only = listen_only
-        self._serial: serial.Serial | _SocketPort | None = None
+        self._serial: serial.Serial | _SocketPort | _Rfc2217Port | None = None
         self._splitter = framer
         #: Frames already received but not yet handed out (two frames in one read).
         self._pending: deque[bytes] = deque()
@@ -107,7 +109,6 @@ class SerialTransport:
         self.generation = 0
         #: The last read ended without its frame: the rest may still be on its way.
         self._abandoned = False
-        self._rfc2217 = False
 
     @property
     def is_open(self) -> bool:
@@ -121,20 +122,19 @@ class SerialTransport:
         if connect.passed():
             raise DeadlinePassed(f"no time left to open {self.port}")
         try:
-            port: serial.Serial | _SocketPort
-            if scheme == "socket":
-                port = _SocketPort(**_SETTINGS, baudrate=self.baudrate)
+            port: serial.Serial | _SocketPort | _Rfc2217Port
+            if scheme in _BOUNDED_PORTS:
+                port = _BOUNDED_PORTS[scheme](**_SETTINGS, baudrate=self.baudrate)
                 port.port = self.port
             else:
                 port = serial.serial_for_url(
                     self.port, **_SETTINGS, baudrate=self.baudrate, do_not_open=True
                 )
-            self._rfc2217 = scheme == "rfc2217"
             if not scheme:
                 port.exclusive = True  # two readers on one bus garble each other
-            if isinstance(port, _SocketPort):
+            if isinstance(port, (_SocketPort, _Rfc2217Port)):
                 port.open_by(connect)
-            else:  # a device opens at once; for rfc2217:// see _Rfc2217Port
+            else:  # a device opens at once
                 port.open()
         except (serial.SerialException, OSError, ValueError, NotImplementedError) as error:
             if deadline is not None and deadline.passed():
@@ -170,10 +170,10 @@ class SerialTransport:
                 if deadline is not None and pause > deadline.remaining():
                     raise DeadlinePassed("the command gap outlasts the time left")
                 time.sleep(pause)
+            self._bound_exchange(deadline)
             self._serial.reset_input_buffer()
             self._splitter.clear()
             self._pending.clear()
-            self._bound_write(deadline)
             self._serial.write(request)
             self._serial.flush()
         except _IO_ERRORS as error:
@@ -183,15 +183,18 @@ class SerialTransport:
             raise TransportError(f"write to {self.port} failed: {_describe(error)}") from None
         self._last_activity = time.monotonic()
 
-    def _bound_write(self, deadline: Deadline | None) -> None:
-        """A write ends by the deadline, and after WRITE_TIMEOUT at the latest (pyserial's
-        RFC 2217 has no write timeout: its writes wait as long as its socket's timeout)."""
+    def _bound_exchange(self, deadline: Deadline | None) -> None:
+        """A write ends by the deadline, and after WRITE_TIMEOUT at the latest. pyserial's
+        RFC 2217 has no write timeout (its socket's 5 s bound a write); its waits for the
+        gateway's acknowledgements in this exchange are bounded instead."""
         assert self._serial is not None
-        bound = WRITE_TIMEOUT if deadline is None else min(WRITE_TIMEOUT, deadline.remaining())
-        if bound <= 0:
+        left = math.inf if deadline is None else deadline.remaining()
+        if left <= 0:
             raise DeadlinePassed(f"no time left to write to {self.port}")
-        if not self._rfc2217 and self._serial.write_timeout != bound:
-            self._serial.write_timeout = bound
+        if isinstance(self._serial, _Rfc2217Port):
+            self._serial.bound_waits(left)
+        elif self._serial.write_timeout != min(WRITE_TIMEOUT, left):
+            self._serial.write_timeout = min(WRITE_TIMEOUT, left)
 
     def _drain(self, deadline: Deadline | None) -> None:
         """Read and drop bytes until the line has been quiet for :attr:`quiet_gap`, for as
@@ -343,6 +346,41 @@ class _SocketPort(protocol_socket.Serial):
         self.is_open = True
         self.reset_input_buffer()
         self.reset_output_buffer()
+
+
+class _Rfc2217Port(rfc2217.Serial):
+    """pyserial's ``rfc2217://`` port whose waits for the gateway's acknowledgements
+    (Telnet options, port settings, purges: 3 s each, or the URL's ``?timeout=``) end by
+    the deadline given. Its TCP connect waits up to 5 s whatever the deadline: pyserial
+    fixes that inside ``open()``."""
+
+    _network_timeout: float
+    #: The waits as the URL sets them, and the bound on them.
+    _url_timeout = 3.0
+    _bound = math.inf
+
+    def bound_waits(self, seconds: float) -> None:
+        """No wait for an acknowledgement lasts longer than ``seconds`` from now on."""
+        self._bound = seconds
+        if self.is_open:
+            self._network_timeout = min(self._url_timeout, seconds)
+
+    def open_by(self, deadline: Deadline) -> None:
+        self.bound_waits(deadline.remaining())
+        self.open()
+
+    def from_url(self, url: str) -> tuple[str, int]:
+        address = super().from_url(url)  # open() calls it first: ?timeout= is read here
+        self._url_timeout = self._network_timeout
+        self._network_timeout = min(self._url_timeout, self._bound)
+        return address
+
+
+#: The URL schemes opened by a port class of this module rather than by pyserial's own.
+_BOUNDED_PORTS: dict[str, type[_SocketPort | _Rfc2217Port]] = {
+    "socket": _SocketPort,
+    "rfc2217": _Rfc2217Port,
+}
 
 
 _ERRNO_HINTS = {

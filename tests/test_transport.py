@@ -407,6 +407,19 @@ def test_rfc2217_gateway():
     gateway.close()
 
 
+def test_an_rfc2217_gateway_that_never_negotiates_gives_up_at_the_deadline():
+    """It accepts the TCP connection and says nothing; pyserial would wait for its Telnet
+    options as long as the URL's timeout (600 s here)."""
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # the kernel accepts, nobody talks
+        url = f"rfc2217://127.0.0.1:{mute.getsockname()[1]}?timeout=600"
+        line = SerialTransport(url, framer=FrameSplitter())
+        thread, raised = _in_thread(lambda: line.open(Deadline(time.monotonic() + 0.5)))
+        thread.join(30)
+        assert not thread.is_alive(), "the negotiation outlived the deadline"
+    assert [type(error) for error in raised] == [DeadlinePassed]
+    assert not line.is_open
+
+
 def test_listen_only_refuses_to_send_and_still_reads(pty_pair):
     master, path = pty_pair
     line = SerialTransport(path, framer=FrameSplitter(), listen_only=True)
