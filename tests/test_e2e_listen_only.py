@@ -137,6 +137,7 @@ def test_dump_reports_what_the_master_polls_and_scan_what_it_heard(stack):
         assert gateway.received == 0
     assert dumped.returncode == 0, dumped.stderr
     assert "nothing is sent" in dumped.stderr
+    assert "level=warn" not in dumped.stderr + scanned.stderr  # a clean end, no line lost
     assert "the bus master polls:" in dumped.stdout
     for command, address in (("values", "0x02"), ("alarms", "0x03"), ("management", "0x04")):
         assert any(
