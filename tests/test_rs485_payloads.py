@@ -451,18 +451,18 @@ def test_manufacturer_info_round_trip(name, major, minor, manufacturer):
     assert payloads.MANUFACTURER.parse(payloads.MANUFACTURER.build(reading)) == reading
 
 
-ALL_PAYLOADS = [
-    payloads.ANALOG_VALUES,
-    payloads.ALARM_INFO,
-    payloads.SYSTEM_PARAMETERS_INFO,
-    payloads.MANAGEMENT,
-    payloads.SERIAL,
-    payloads.SOFTWARE,
-    payloads.MANUFACTURER,
-]
+ALL_PAYLOADS = {
+    "values": payloads.ANALOG_VALUES,
+    "alarms": payloads.ALARM_INFO,
+    "parameters": payloads.SYSTEM_PARAMETERS_INFO,
+    "management": payloads.MANAGEMENT,
+    "serial": payloads.SERIAL,
+    "software": payloads.SOFTWARE,
+    "manufacturer": payloads.MANUFACTURER,
+}
 
 
-@pytest.mark.parametrize("payload", ALL_PAYLOADS, ids=lambda p: p.struct.name or repr(p))
+@pytest.mark.parametrize("payload", ALL_PAYLOADS.values(), ids=ALL_PAYLOADS)
 @given(raw=st.binary(max_size=120))
 def test_arbitrary_info_gives_a_reading_or_a_payload_error(payload, raw):
     with contextlib.suppress(PayloadError):
