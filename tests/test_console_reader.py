@@ -193,6 +193,27 @@ def test_after_a_reconnect_info_1_checks_it_is_the_same_stack():
     assert plan.settle()[:2] == ["pwr", "info"]  # it starts over
 
 
+def test_after_a_reconnect_with_battery_1_off_another_battery_confirms_the_stack():
+    plan = Plan(console())
+    plan.settle()
+    plan.responder.stack.modules[0].present = False  # battery 1 switched off
+    reading, _ = plan.scrape()
+    assert [m.up for m in reading.modules] == [False, True, True]
+    plan.shell.transport.generation += 1  # USB replug, bridge restart
+    reading, asked = plan.scrape()
+    assert asked == ["info 2", "pwr", "bat 2", "bat 3"]  # battery 2 answered last time
+    assert [m.up for m in reading.modules] == [False, True, True]
+    plan.shell.transport.generation += 1
+    plan.responder.stack.modules[1].present = False  # battery 2 goes off unseen
+    reading, asked = plan.scrape()
+    assert asked == ["info 2", "info 3", "pwr", "bat 3"]  # the next one
+    assert [m.up for m in reading.modules] == [False, False, True]
+    plan.shell.transport.generation += 1
+    plan.responder.stack.modules[2].serial_number = "PPTCH00000000000"  # another stack
+    reading, asked = plan.scrape()
+    assert asked == ["info 3"] and not reading.up and plan.bank.known == []
+
+
 # --- the readings ------------------------------------------------------------------------------
 
 

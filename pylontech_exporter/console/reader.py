@@ -2,8 +2,9 @@
 
 On each scrape, in this order until the deadline:
 
-1. after the port was (re)opened: ``info N`` of the first battery, to be sure the same
-   stack is on the line (its barcode must be the one known);
+1. after the port was (re)opened: ``info N`` of the lowest battery that answered and
+   whose barcode is known (the next if it fails), to be sure the same stack is on the
+   line (its barcode must be the one known);
 2. ``pwr``: every battery of the stack in one command. A battery printed ``Absent``, or
    not printed, is down; the others are up with their voltage, current, state of charge
    (``Coulomb`` % / 100), temperatures and states. ``pwr`` is the stack's own listing:
@@ -262,30 +263,34 @@ class ConsoleSource:
         return present
 
     def _same_stack(self, deadline: Deadline) -> bool:
-        """After the port was (re)opened the first battery's barcode must be the one
-        known: until it is confirmed nothing is served, and another one makes the bank
-        start over (another stack answers on this port)."""
+        """After the port was (re)opened a battery's barcode must be the one known: until
+        one is confirmed nothing is served, and another one makes the bank start over
+        (another stack answers on this port). Asked: the lowest battery with a known
+        barcode that answered last time (the others after them), the next one if it fails
+        (switched off: ``Target device is not present``)."""
         transport = self.shell.transport
         if transport.is_open and transport.generation == self._verified:
             return True
         bank = self.bank
-        first = min(bank.known, default=None)
-        known = bank.modules[first].serial_number if first is not None else None
-        if first is None or known is None:
+        barcodes = {p: m.serial_number for p, m in bank.modules.items() if m.serial_number}
+        if not barcodes:
             self._verified = transport.generation
             return True
-        info = self._try("info", first, f"info {first}", tables.parse_info, deadline)
-        if info is None:
+        for position in sorted(barcodes, key=lambda p: (p not in bank.answering, p)):
+            line = f"info {position}"
+            info = self._try("info", position, line, tables.parse_info, deadline)
+            if info is None:
+                continue
+            self._verified = transport.generation
+            barcode, known = info.identity().serial_number, barcodes[position]
+            if barcode == known:
+                return True
+            bank.forget(
+                f"battery {position}'s barcode is {barcode}, not {known}: another stack "
+                "answers on this port"
+            )
+            self.memory.clear()
             return False
-        self._verified = transport.generation
-        barcode = info.identity().serial_number
-        if barcode == known:
-            return True
-        bank.forget(
-            f"battery {first}'s barcode is {barcode}, not {known}: another stack answers on "
-            "this port"
-        )
-        self.memory.clear()
         return False
 
     def _try(
