@@ -21,6 +21,7 @@ from pylontech_exporter.config import BankConfig, SerialSettings
 from pylontech_exporter.console.reader import ConsoleSource
 from pylontech_exporter.console.shell import ConsoleShell
 from pylontech_exporter.deadline import Deadline
+from pylontech_exporter.models import AlarmState
 from pylontech_exporter.simulator.console import ConsoleResponder
 from pylontech_exporter.simulator.responder import Reply
 from pylontech_exporter.simulator.serve import TcpSimulator
@@ -242,6 +243,27 @@ def test_values_are_exact_to_the_printed_resolution(model):
     assert got.detail.cell_voltage_min == int(pwr["Vlow"]) / 1000
     assert [c.temperature for c in got.detail.cells] == [int(row[3]) / 1000 for row in bat]
     assert got.values.cycle_number == module.cycle_number and got.values.cycles_known
+
+
+def test_the_system_alarm_state_of_the_23_column_pwr_is_a_measurement_state():
+    def edit(command: str, text: str) -> str:
+        if command != "pwr":
+            return text
+        lines = text.split("\r\r\n")
+        lines[3] = lines[3].rstrip()[: -len("Normal")] + "Alarm"  # battery 2's SysAlarm.St
+        return "\r\r\n".join(lines)
+
+    plan = Plan(Rewriting(console(firmware="B69.26"), edit))
+    plan.settle()
+    states = [m.detail.measurement_states for m in plan.scrape()[0].modules if m.detail]
+    assert [s.get("system_alarm") for s in states] == [
+        AlarmState.NORMAL,
+        AlarmState.FAULT,  # a word other than normal, low, high
+        AlarmState.NORMAL,
+    ]
+    older = Plan(console(firmware="B69.16"))  # 18 columns: no SysAlarm.St
+    older.settle()
+    assert all("system_alarm" not in m.detail.measurement_states for m in older.scrape()[0].modules)
 
 
 @pytest.mark.parametrize("firmware", ["B69.16", "B1.4.0.0"])

@@ -517,6 +517,7 @@ def _detail(row: tables.PowerRow, cells: tables.BatteryTable | None) -> ModuleDe
         "current": alarm_state(row.current_state),
         "cell_voltage": alarm_state(row.cell_voltage_state),
         "cell_temperature": alarm_state(row.cell_temperature_state),
+        "system_alarm": alarm_state(row.system_alarm_state),
     }
     temperatures = {
         "bms": alarm_state(row.temperature_state),
