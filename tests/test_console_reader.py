@@ -146,6 +146,33 @@ def test_the_static_data_is_read_again_hourly_and_its_read_time_is_exported():
     assert again["info"] > info_at + STATIC_REFRESH_SECONDS - 1
 
 
+def test_static_data_is_not_exported_once_older_than_two_refresh_periods():
+    responder = console()
+    plan = Plan(responder)
+    plan.settle()
+    read_at = plan.scrape()[0].modules[1].read_at
+    for command in ("info", "stat", "soh"):  # battery 2's refreshes fail from now on
+        responder.stack.faults.add("rtn", command=command, address=3)
+    ages = []
+    for _ in range(2):
+        plan.clock[0] += STATIC_REFRESH_SECONDS * 1.5
+        assert {"info 2", "stat 2", "soh 2"} <= set(plan.settle())
+        first, second, _ = plan.scrape()[0].modules
+        ages.append(plan.clock[0] + WALL - read_at["info"])
+        assert first.identity and first.statistics and first.cell_health  # refreshed
+        assert {"info", "stat", "soh"} <= set(first.read_at)
+        kept = ages[-1] <= 2 * STATIC_REFRESH_SECONDS
+        assert second.up and second.values is not None
+        assert [second.identity is not None, second.statistics is not None] == [kept, kept]
+        assert (second.cell_health is not None) == kept
+        assert [second.read_at.get(d) for d in ("info", "stat", "soh")] == (
+            [read_at["info"], read_at["stat"], read_at["soh"]] if kept else [None] * 3
+        )
+        assert second.values.cycles_known == kept
+        assert (second.values.total_capacity == second.values.total_capacity) == kept  # NaN
+    assert ages[0] < 2 * STATIC_REFRESH_SECONDS < ages[1]
+
+
 def test_bat_n_as_time_allows_the_oldest_first_with_the_cells_read_time():
     plan = Plan(console())
     plan.settle()

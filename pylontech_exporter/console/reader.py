@@ -18,7 +18,8 @@ Between scrapes, one command per step, giving way to any scrape: ``pwr`` while t
 modules are being discovered, ``info`` (the console's own module: the stack's identity),
 then per battery ``info N`` (barcode, firmware, capacity), ``stat N`` (lifetime counters,
 cycles, state of health) and ``soh N`` (per-cell state of health); at discovery and
-hourly, the old values kept until new ones are read, each exported with its read time.
+hourly, the old values kept until new ones are read, each exported with its read time,
+and no longer once older than STATIC_MAX_AGE refresh periods (refreshes kept failing).
 The capacity of ``info N``'s specification turns the printed state of charge into Ah;
 until it is known the capacities are not exported (the state of charge is).
 
@@ -70,6 +71,9 @@ PWR_BYTES = 3600
 #: A ``bat N`` is started only while this many times its last duration is left.
 FIT_MARGIN = 1.2
 MAX_BATTERIES = 16
+#: ``info N``/``stat N``/``soh N`` data older than this many static refresh periods (the
+#: refreshes since failed) is not exported.
+STATIC_MAX_AGE = 2
 
 #: State words -> the contract's states; any other word is ``fault`` (not normal: the
 #: alerts on abnormal states fire rather than stay silent), logged once.
@@ -145,14 +149,17 @@ def default_shell(settings: SerialSettings) -> Shell:
 @dataclass
 class ConsoleMemory:
     """What is kept of one battery between scrapes: what only the console reports.
-    Walls are ``time.time()``, ``cells_at`` a ``clock()`` value."""
+    Walls are ``time.time()``, the ``_at`` values ``clock()`` values."""
 
     identity: ModuleIdentity | None = None
     identity_wall: float = 0.0
+    identity_at: float = -math.inf
     statistics: ModuleStatistics | None = None
     statistics_wall: float = 0.0
+    statistics_at: float = -math.inf
     health: tuple[CellHealth, ...] | None = None
     health_wall: float = 0.0
+    health_at: float = -math.inf
     #: When its cells were last read (the oldest go first when not all fit).
     cells_at: float = -math.inf
 
@@ -343,20 +350,22 @@ class ConsoleSource:
         cells: tables.BatteryTable | None,
         now: float,
     ) -> ModuleReading:
-        module = self.bank.reading(position)
+        bank = self.bank
+        module = bank.reading(position)
         memory = self._memory(position)
-        module.values = self._values(position, row, cells, memory)
+        oldest = bank.clock() - STATIC_MAX_AGE * bank.static_refresh
+        module.identity = _fresh(memory.identity, memory.identity_at, oldest)
+        module.statistics = _fresh(memory.statistics, memory.statistics_at, oldest)
+        module.cell_health = _fresh(memory.health, memory.health_at, oldest)
+        module.values = self._values(position, row, cells, module.identity, module.statistics)
         module.detail = _detail(row, cells)
         module.read_at["values"] = now
         if cells is not None:
             module.read_at["cells"] = now
-        module.identity = memory.identity
-        module.statistics = memory.statistics
-        module.cell_health = memory.health
         for data, wall, known in (
-            ("info", memory.identity_wall, memory.identity),
-            ("stat", memory.statistics_wall, memory.statistics),
-            ("soh", memory.health_wall, memory.health),
+            ("info", memory.identity_wall, module.identity),
+            ("stat", memory.statistics_wall, module.statistics),
+            ("soh", memory.health_wall, module.cell_health),
         ):
             if known is not None:
                 module.read_at[data] = wall
@@ -367,9 +376,9 @@ class ConsoleSource:
         position: int,
         row: tables.PowerRow,
         cells: tables.BatteryTable | None,
-        memory: ConsoleMemory,
+        identity: ModuleIdentity | None,
+        stats: ModuleStatistics | None,
     ) -> ModuleValues:
-        identity, stats = memory.identity, memory.statistics
         capacity = identity.capacity if identity and identity.capacity else math.nan
         soc = row.state_of_charge / 100 if row.state_of_charge is not None else None
         sensors = [(n, t) for n, t in (("bms", row.temperature), ("mosfet", row.mos_temperature))]
@@ -470,21 +479,24 @@ class ConsoleSource:
             state.static_pending = ["info", "stat", "soh"]
         part = state.static_pending[0]
         line = f"{part} {position}"
-        wall = bank.wall()
+        wall, at = bank.wall(), bank.clock()
         if part == "info":
             info = self._try(part, position, line, tables.parse_info, deadline)
             if info is not None:
                 memory.identity, memory.identity_wall = info.identity(), wall
+                memory.identity_at = at
                 state.serial_number = memory.identity.serial_number or None
                 state.software_version = memory.identity.main_software_version or None
         elif part == "stat":
             stat = self._try(part, position, line, tables.parse_stat, deadline)
             if stat is not None:
                 memory.statistics, memory.statistics_wall = stat.statistics(), wall
+                memory.statistics_at = at
         else:
             health = self._try(part, position, line, tables.parse_soh, deadline)
             if health is not None and health.cells:
                 memory.health, memory.health_wall = health.cells, wall
+                memory.health_at = at
         state.static_pending.pop(0)
         if not state.static_pending:
             state.static_at = bank.clock()
@@ -505,6 +517,11 @@ class ConsoleSource:
 
     def close(self) -> None:
         self.shell.close()
+
+
+def _fresh(value: T | None, read_at: float, oldest: float) -> T | None:
+    """``value`` unless it was read before ``oldest``."""
+    return value if read_at >= oldest else None
 
 
 def _or_nan(value: float | None) -> float:
