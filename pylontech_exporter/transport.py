@@ -58,7 +58,8 @@ DEFAULT_BAUDRATE = 115200
 WRITE_TIMEOUT = 2.0
 #: A TCP connect to a gateway takes at most this long (and never past the deadline).
 CONNECT_TIMEOUT = 5.0
-#: While a deadline may move, reads wait in slices of at most this long.
+#: Reads wait in slices of at most this long: a deadline may move, and the timeout stays
+#: the same from one read to the next (setting it reconfigures the port).
 DEADLINE_SLICE = 0.05
 #: The line counts as quiet after this many byte times without a byte (and 20 ms at least).
 QUIET_BYTES = 30
@@ -242,9 +243,10 @@ class SerialTransport:
                 if cut:
                     raise DeadlinePassed(f"the deadline came before the answer from {self.port}")
                 raise ResponseTimeout(f"no complete response from {self.port} in time")
-            wait = end - now if deadline is None else min(end - now, DEADLINE_SLICE)
+            wait = min(end - now, DEADLINE_SLICE)
             try:
-                self._serial.timeout = wait
+                if self._serial.timeout != wait:  # a tcsetattr each time; rfc2217 renegotiates
+                    self._serial.timeout = wait
                 data = self._serial.read(1)
                 if data and self._serial.in_waiting:
                     data += self._serial.read(self._serial.in_waiting)
