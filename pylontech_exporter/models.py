@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 #: Modules per group the addressing can express (n = 2 .. 17 in ADR = n + 0x10 * m).
@@ -138,6 +139,16 @@ class AlarmState(enum.IntEnum):
             return cls(raw)
         except ValueError:
             return cls.FAULT
+
+
+#: How bad each state is, for the worst of several (the console prints one per group).
+ALARM_SEVERITY = {AlarmState.NORMAL: 0, AlarmState.LOW: 1, AlarmState.HIGH: 2, AlarmState.FAULT: 3}
+
+
+def worst_alarm(states: Iterable[AlarmState | None]) -> AlarmState | None:
+    """The most severe of ``states`` (None ignored; None when none is known)."""
+    known = [s for s in states if s is not None]
+    return max(known, key=ALARM_SEVERITY.__getitem__) if known else None
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,9 @@ def test_a_scrape_too_short_for_every_bat_n_says_what_it_needs():
         "of each need about 2.5 s, the scrape allowed 1.00 s; raise Prometheus' "
         "scrape_timeout to 2.9 s or more"
     )
+    plan.shell.transport.generation += 1  # an info N first: the budget is still the scrape's
+    again, asked = plan.scrape(1.0)
+    assert asked[0] == "info 1" and again.hint == reading.hint
 
 
 def test_after_a_reconnect_info_1_checks_it_is_the_same_stack():

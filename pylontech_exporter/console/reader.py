@@ -51,6 +51,7 @@ from ..models import (
     ModuleIdentity,
     ModuleStatistics,
     ModuleValues,
+    worst_alarm,
 )
 from ..snapshot import BankReading, ModuleReading
 from . import tables
@@ -85,7 +86,6 @@ BASE_WORDS = {
     "idle": BaseState.IDLE,
     "balance": BaseState.BALANCE,
 }
-_SEVERITY = {AlarmState.NORMAL: 0, AlarmState.LOW: 1, AlarmState.HIGH: 2, AlarmState.FAULT: 3}
 _unknown_words: set[str] = set()
 
 
@@ -116,11 +116,6 @@ def _first_time(word: str, kind: str) -> None:
         log.info(
             "the console prints a %s word this exporter does not know", kind, extra=kv(word=word)
         )
-
-
-def _worst(*states: AlarmState | None) -> AlarmState | None:
-    known = [s for s in states if s is not None]
-    return max(known, key=_SEVERITY.__getitem__) if known else None
 
 
 class Shell(Protocol):
@@ -193,7 +188,7 @@ class ConsoleSource:
         rows: dict[int, tables.PowerRow] = {}
         cells: dict[int, tables.BatteryTable] = {}
         try:
-            self._read(reading, rows, cells, deadline)
+            self._read(reading, rows, cells, deadline, start)
         except DeadlinePassed:
             reading.complete = False
             budget = deadline.when - start
@@ -219,13 +214,15 @@ class ConsoleSource:
         rows: dict[int, tables.PowerRow],
         cells: dict[int, tables.BatteryTable],
         deadline: Deadline,
+        start: float,
     ) -> None:
+        """The scrape that began at ``start`` (a ``clock()`` value)."""
         bank = self.bank
         if not self._same_stack(deadline):
             return
-        scrape_start = bank.clock()
+        pwr_start = bank.clock()
         table = self._pwr(deadline)
-        self._pwr_seconds = bank.clock() - scrape_start
+        self._pwr_seconds = bank.clock() - pwr_start
         rows.update(self._listed(table))
         order = sorted(rows, key=lambda p: self._memory(p).cells_at)
         for position in order:
@@ -234,7 +231,7 @@ class ConsoleSource:
                     # Not even one fits: one slow answer must not stop the cells for good.
                     self._bat_seconds = self._bat_estimate
                 reading.complete = False
-                reading.hint = self._hint(deadline.when - scrape_start)
+                reading.hint = self._hint(deadline.when - start)
                 log.info(
                     "not every bat N fits in the scrape; the oldest are read first",
                     extra=kv(bank=bank.name, read=len(cells), batteries=len(rows)),
@@ -557,10 +554,12 @@ def _cell(row: tables.CellRow) -> CellDetail:
         cell=row.cell,
         temperature=row.temperature,
         voltage_state=alarm_state(row.voltage_state),
-        temperature_state=_worst(
-            alarm_state(row.temperature_state),
-            alarm_state(row.charge_temperature_state),
-            alarm_state(row.discharge_temperature_state),
+        temperature_state=worst_alarm(
+            (
+                alarm_state(row.temperature_state),
+                alarm_state(row.charge_temperature_state),
+                alarm_state(row.discharge_temperature_state),
+            )
         ),
         state_of_charge=row.state_of_charge / 100 if row.state_of_charge is not None else None,
         remaining_capacity=row.charge / 1000 if row.charge is not None else None,

@@ -31,10 +31,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from ..config import CONSOLE_BAUDRATE
 from ..deadline import Deadline
 from ..errors import DeadlinePassed, FrameError, PylontechError, ResponseError, ResponseTimeout
 from ..logging_setup import kv
-from ..transport import DEFAULT_BAUDRATE, SerialTransport
+from ..transport import SerialTransport
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ class ConsoleShell:
     def __init__(
         self,
         port: str,
-        baudrate: int = DEFAULT_BAUDRATE,
+        baudrate: int = CONSOLE_BAUDRATE,
         *,
         timeout: float = 1.0,
         command_gap: float = 0.0,
@@ -302,7 +303,7 @@ class ConsoleShell:
         transport = self.transport
         transport.send(command.encode("ascii") + TERMINATOR, deadline)
         pages: list[bytes] = []
-        limit = time.monotonic() + self.timeout + WIRE_BYTES * 10 / transport.baudrate
+        limit = self._answer_limit()
         while True:
             unit = transport.read_frame(self.timeout, limit, deadline)
             if is_page(unit):
@@ -310,7 +311,7 @@ class ConsoleShell:
                     raise FrameError(f"{command!r}: more than {MAX_PAGES} pages")
                 pages.append(unit)
                 transport.send(TERMINATOR, deadline)  # Enter: the next page
-                limit = time.monotonic() + self.timeout + WIRE_BYTES * 10 / transport.baudrate
+                limit = self._answer_limit()
                 continue
             prompt = is_prompt(unit)
             text = b"".join([*pages, unit]).decode("latin-1")
@@ -329,6 +330,11 @@ class ConsoleShell:
             else:
                 self._await_prompt(limit, deadline)
             return replace(answer, prompt=self.prompt) if self.synced else answer
+
+    def _answer_limit(self) -> float:
+        """When an answer (or a page) asked for now must have ended: the silence allowed
+        plus the longest answer's time on the wire."""
+        return time.monotonic() + self.timeout + WIRE_BYTES * 10 / self.transport.baudrate
 
     def _synced_at(self, prompt: str | None) -> None:
         self.synced = True

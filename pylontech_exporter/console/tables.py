@@ -618,30 +618,3 @@ def parse_help(lines: Sequence[str]) -> HelpListing:
         elif local and line.split():
             commands.append(line.split()[0])
     return HelpListing(tuple(commands))
-
-
-@dataclass(frozen=True)
-class UnitTable:
-    """``unit`` (HV controllers): a header and one row per module, fields as printed."""
-
-    columns: tuple[str, ...]
-    rows: tuple[dict[str, str], ...]
-    problems: tuple[str, ...] = ()
-
-
-def parse_unit(lines: Sequence[str]) -> UnitTable:
-    problems = Problems()
-    at = _find_header(lines, "Index")
-    if at is None:
-        return UnitTable((), (), ("unit: no header line (Index ...)",))
-    names = lines[at].split()
-    rows = []
-    for line in lines[at + 1 :]:
-        tokens = line.split()
-        if not tokens:
-            continue
-        if len(tokens) != len(names):
-            problems.append(f"unit row {tokens[0]}: {len(tokens)} fields for {len(names)}")
-            continue
-        rows.append(dict(zip(names, tokens)))
-    return UnitTable(tuple(names), tuple(rows), tuple(problems))

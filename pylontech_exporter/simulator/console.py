@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..models import AlarmState, ModuleAlarms, module_address
+from ..models import AlarmState, ModuleAlarms, module_address, worst_alarm
 from .battery import BatteryStack, VirtualModule
 from .faults import FaultKind
 from .responder import SILENCE, Reply
@@ -189,7 +189,6 @@ WORDS = {
     AlarmState.HIGH: "High",
     AlarmState.FAULT: "Fault",
 }
-_SEVERITY = {AlarmState.NORMAL: 0, AlarmState.LOW: 1, AlarmState.HIGH: 2, AlarmState.FAULT: 3}
 
 USAGE = {
     "bat": "Battery data show - bat [pwr][index]",
@@ -304,10 +303,6 @@ class LineSplitter:
 
     def clear(self) -> None:
         self._buffer.clear()
-
-
-def _worst(states: Sequence[AlarmState]) -> AlarmState:
-    return max(states, key=_SEVERITY.__getitem__, default=AlarmState.NORMAL)
 
 
 def _milli(value: float) -> int:
@@ -520,8 +515,8 @@ class ConsoleResponder:
             "volt": WORDS[alarms.voltage_state],
             "curr": WORDS[current],
             "temp": WORDS[t[0]],
-            "cells_v": WORDS[_worst(alarms.cell_states)],
-            "cells_t": WORDS[_worst(t[1:5])],
+            "cells_v": WORDS[worst_alarm(alarms.cell_states) or AlarmState.NORMAL],
+            "cells_t": WORDS[worst_alarm(t[1:5]) or AlarmState.NORMAL],
             "mos": WORDS[t[5]] if len(t) > 5 else "-",
         }
 
