@@ -418,6 +418,18 @@ def test_a_row_that_does_not_line_up_is_skipped_and_reported():
     assert "not a row" in table.problems[1]
 
 
+def test_a_pwr_row_that_is_not_a_battery_or_printed_twice_is_skipped_and_reported():
+    rows = [_pwr_row(0), _pwr_row(1), _pwr_row(17), _pwr_row(16), _pwr_row(1, volt="49000")]
+    table = tables.parse_pwr([PWR_HEADER, *rows, ABSENT_OLD.replace("9 ", "16", 1)])
+    assert [(r.index, r.voltage) for r in table.rows] == [(1, 50.691), (16, 50.691)]
+    assert table.problems == (
+        "pwr row 0: not a battery (1..16), skipped",
+        "pwr row 17: not a battery (1..16), skipped",
+        "pwr row 1: printed twice, the second skipped",
+        "pwr row 16: printed twice, the second skipped",
+    )
+
+
 def test_a_bat_row_without_its_charge_is_reported():
     row = "{}        3379     4076     14000    Charge       Normal       Normal       Normal   89%"
     table = tables.parse_bat([OLD_BAT_HEADER, row.format(0) + "      42586 mAH", row.format(1)])

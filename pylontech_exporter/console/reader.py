@@ -71,7 +71,6 @@ BAT_BYTES = 2100
 PWR_BYTES = 3600
 #: A ``bat N`` is started only while this many times its last duration is left.
 FIT_MARGIN = 1.2
-MAX_BATTERIES = 16
 #: ``info N``/``stat N``/``soh N`` data older than this many static refresh periods (the
 #: refreshes since failed) is not exported.
 STATIC_MAX_AGE = 2
@@ -254,7 +253,7 @@ class ConsoleSource:
     def _listed(self, table: tables.PowerTable) -> dict[int, tables.PowerRow]:
         """The batteries ``pwr`` lists as present, known from now on."""
         bank = self.bank
-        present = {r.index: r for r in table.present if 1 <= r.index <= MAX_BATTERIES}
+        present = {r.index: r for r in table.present}
         if bank.config.modules:
             present = {p: r for p, r in present.items() if p <= bank.config.modules}
         else:

@@ -35,6 +35,8 @@ _CLOCK = re.compile(r"\d{2}:\d{2}:\d{2}")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _CHARGE = re.compile(r"(\d+)\s*mAH", re.IGNORECASE)
 MISSING = "-"
+#: A stack has at most this many batteries (``pwr`` rows 1..16).
+MAX_BATTERIES = 16
 
 
 class FieldError(ValueError):
@@ -229,12 +231,18 @@ def parse_pwr(lines: Sequence[str]) -> PowerTable:
     names = lines[at].split()
     columns = [(n, POWER_COLUMNS.get(n)) for n in names]
     time_at = names.index("Time") if "Time" in names else None
-    rows = []
+    rows: list[PowerRow] = []
     for line in lines[at + 1 :]:
         tokens = line.split()
         where = f"pwr row {tokens[0] if tokens else '?'}"
         if not tokens or not _INT.fullmatch(tokens[0]):
             problems.append(f"pwr: not a row: {line.strip()[:60]!r}")
+            continue
+        if not 1 <= int(tokens[0]) <= MAX_BATTERIES:
+            problems.append(f"{where}: not a battery (1..{MAX_BATTERIES}), skipped")
+            continue
+        if any(r.index == int(tokens[0]) for r in rows):
+            problems.append(f"{where}: printed twice, the second skipped")
             continue
         if "Absent" in tokens:  # the old 16-token pattern, whatever the header
             rows.append(PowerRow(int(tokens[0]), absent=True))
