@@ -6,6 +6,7 @@ the line and what came back, never on wall time."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,10 +108,34 @@ def test_the_reads_are_allowed(command):
     assert check_command(command) == command
 
 
-def test_the_allow_list_is_reads_only():
-    """What can pass: read command words, a battery number 1..16, nothing else."""
-    words = {p.split(" ")[0] for p in READS}
-    assert words == {"pwr", "bat", "stat", "info", "soh", "unit", "time", "pwrsys"}
+#: Commands of the real shells (help listings in ../shared/console) that are not reads,
+#: or not only reads, or not with these arguments.
+SHELL_COMMANDS_NOT_ALLOWED = [
+    "data",
+    "datalist",
+    "disp",
+    "getpwr",
+    "login",
+    "shut",
+    "trst",
+    "config",
+    "log",
+    "time 2026 1 1 0 0 0",
+    "bat 1 x",
+]
+#: What this test allows, written apart from the client's ALLOWED: a read word, with a
+#: battery 1..16 for those that take one.
+READ_COMMAND = re.compile(r"(pwr|bat|stat|info|soh)( ([1-9]|1[0-6]))?|unit|time|pwrsys")
+
+
+@pytest.mark.parametrize("command", SHELL_COMMANDS_NOT_ALLOWED)
+def test_the_shell_commands_that_are_not_reads_are_not_in_the_allow_list(command):
+    assert not ALLOWED.fullmatch(command)
+    with pytest.raises(CommandRefused):
+        check_command(command)
+
+
+def test_the_allow_list_takes_a_battery_number_1_to_16_only():
     for n in range(0, 40):
         assert bool(ALLOWED.fullmatch(f"bat {n}")) == (1 <= n <= 16)
 
@@ -124,7 +149,7 @@ def test_what_the_client_sends_is_commands_of_the_allow_list_and_enters(console)
         shell.run("unit")  # Pylontech LV firmware: unknown command
     sent = [line.rstrip(b"\n").decode() for line in responder.received]
     assert sent[0] == ""  # the first command looks for the prompt with one Enter
-    assert all(s == "" or ALLOWED.fullmatch(s) for s in sent)
+    assert all(s == "" or READ_COMMAND.fullmatch(s) for s in sent), sent
     assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in responder.received)
     assert b"\r" not in b"".join(responder.received)  # one terminator, not CRLF
 
