@@ -818,6 +818,25 @@ def _listen_port(port: str, serial: Any, duration: float, found: list[Any]) -> N
                     found.append((port, module.address, module.serial_number or "?", firmware))
 
 
+def nothing_found(serials: Sequence[Any]) -> str:
+    """What a scan that found nothing tells to check, for each kind of port it read."""
+    hints = []
+    for serial in serials:
+        if serial.listen_only:
+            hints.append(
+                "nothing heard: check the wiring (A/B), the baud rate (the inverter's) and "
+                "that the inverter polls the batteries on this line"
+            )
+        elif serial.protocol == "console":
+            hints.append("the console listed no battery")
+        else:
+            hints.append(
+                "no battery answered: check the wiring (A/B), the baud rate (DIP switch 1) "
+                "and that no other master is on the bus"
+            )
+    return "; ".join(dict.fromkeys(hints))
+
+
 def scan(args: argparse.Namespace) -> int:
     with open_source(args) as (config, _simulated):
         ports: dict[str, tuple[Any, list[int]]] = {}
@@ -838,11 +857,7 @@ def scan(args: argparse.Namespace) -> int:
             _print_modules(rows)
             return EXIT_INTERRUPTED
         if not rows:
-            print(
-                "no battery answered: check the wiring (A/B), the baud rate (DIP switch 1) "
-                "and that no other master is on the bus",
-                file=sys.stderr,
-            )
+            print(nothing_found([serial for serial, _ in ports.values()]), file=sys.stderr)
             return 1
         _print_modules(rows)
         return 0

@@ -291,6 +291,22 @@ def test_scan_with_nothing_answering_exits_1():
     assert "no battery answered" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("mode", "hint"),
+    [
+        (["--serial.protocol", "console"], "console cable"),
+        (["--serial.listen-only", "--listen.duration", "0.3"], "that the inverter polls"),
+    ],
+)
+def test_scan_finding_nothing_gives_the_hint_of_its_mode_only(mode, hint):
+    # An RS485 stack with no master: the console's pwr gets no answer, a listener hears nothing.
+    with TcpSimulator(Rs485Responder(frozen_stack(modules=1)), latency=0) as tcp:
+        result = run_cli("scan", "--serial.port", tcp.url, "--serial.timeout", "0.2", *mode)
+    assert result.returncode == 1, result.stderr
+    assert hint in result.stderr
+    assert "no other master" not in result.stderr and "DIP switch" not in result.stderr
+
+
 def test_dump_table_and_json():
     stack = frozen_stack(modules=3, model="US3000C")
     with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
