@@ -27,6 +27,7 @@ from .config import (
     DEFAULT_LISTEN_MAX_AGE,
     DEFAULT_TIMEOUT,
     PROTOCOLS,
+    BankConfig,
     Config,
     banks_from_flags,
     check_ports,
@@ -409,6 +410,8 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     }
     #: What only the environment set (a flag on the command line wins over it).
     namespace.from_environment = from_environment - given
+    #: What the command line or the environment set (the rest are defaults).
+    namespace.set_explicitly = given | from_environment
     namespace.command = command
     namespace.parser = parser
     #: Whether groups were asked for (scan then probes only those, not every address).
@@ -487,6 +490,13 @@ def open_source(args: argparse.Namespace) -> Iterator[tuple[Config, bool]]:
     Yields (config, simulated). Exits 2 on bad configuration."""
     if not (args.serial_port or args.config_file or args.simulate):
         fail(NO_SOURCE)
+    if "simulate_inverter" in args.set_explicitly and not (
+        args.simulate and args.serial_listen_only
+    ):
+        fail(
+            "--simulate.inverter chooses how the virtual inverter polls the virtual stack: "
+            "give --simulate --serial.listen-only too"
+        )
     if args.simulate:
         if args.serial_port or args.config_file:
             fail(
@@ -608,6 +618,16 @@ def not_ready(banks: Sequence[Bank]) -> str | None:
     return None
 
 
+def describe_bank(bank: BankConfig) -> str:
+    """How ``--config.check`` sums up a bank: where, which protocol, how its modules are
+    found."""
+    serial = bank.serial
+    how = serial.protocol + (" listen-only" if serial.listen_only else "")
+    how += f" at {serial.baudrate} baud" + (" (wakeup from 1200)" if serial.console_wakeup else "")
+    modules = f"{bank.modules} module(s)" if bank.modules else "modules discovered"
+    return f"{bank.port} group {bank.group}, {how}, {modules}"
+
+
 def serve(args: argparse.Namespace) -> int:
     from .server import parse_listen_address
 
@@ -626,10 +646,7 @@ def serve(args: argparse.Namespace) -> int:
         if args.config_check:
             print(
                 f"{config.source}: ok, {len(config.banks)} bank(s): "
-                + ", ".join(
-                    f"{b.name} ({b.port} group {b.group}, {b.serial.baudrate} baud)"
-                    for b in config.banks
-                )
+                + ", ".join(f"{b.name} ({describe_bank(b)})" for b in config.banks)
                 + (f"; {args.web_config_file}: ok" if args.web_config_file else "")
             )
             return 0
@@ -792,7 +809,6 @@ def _listen_port(port: str, serial: Any, duration: float, found: list[Any]) -> N
     heard to ``found``."""
     import dataclasses
 
-    from .config import BankConfig
     from .poller import Poller
 
     print(

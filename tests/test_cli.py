@@ -213,7 +213,44 @@ def test_config_check_valid_file(tmp_path):
     path.write_text("banks:\n  - name: garage\n    port: socket://10.0.0.7:8899\n    group: 1\n")
     result = run_cli("--config.file", str(path), "--config.check")
     assert result.returncode == 0
-    assert "garage (socket://10.0.0.7:8899 group 1, 115200 baud)" in result.stdout
+    assert (
+        "garage (socket://10.0.0.7:8899 group 1, rs485 at 115200 baud, modules discovered)"
+        in result.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "summary"),
+    [
+        (
+            ["--serial.protocol", "console", "--console.wakeup"],
+            "group 0, console at 115200 baud (wakeup from 1200), modules discovered)",
+        ),
+        (
+            ["--serial.listen-only", "--modules", "3", "--serial.baudrate", "9600"],
+            "group 0, rs485 listen-only at 9600 baud, 3 module(s))",
+        ),
+    ],
+)
+def test_config_check_says_protocol_listen_only_and_module_count(argv, summary):
+    result = run_cli("--config.check", "--serial.port", "socket://127.0.0.1:9", *argv)
+    assert result.returncode == 0, result.stderr
+    assert f"0 (socket://127.0.0.1:9 {summary}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--simulate", "--simulate.inverter", "bank"], {}),
+        (["--serial.port", "socket://127.0.0.1:9", "--simulate.inverter", "bank"], {}),
+        (["--simulate"], {"PYLONTECH_EXPORTER_SIMULATE_INVERTER": "bank"}),
+    ],
+)
+def test_simulate_inverter_without_listen_only_exits_2(argv, env):
+    result = run_cli("--config.check", *argv, env=clean_env(**env))
+    assert result.returncode == 2
+    assert "--simulate.inverter" in result.stderr and "--serial.listen-only" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_serial_port_in_use_and_missing_exit_2():
