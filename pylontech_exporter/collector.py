@@ -584,7 +584,7 @@ class ConsoleCollector(_Part):
     pylontech_module_state_of_health_ratio{bank="0",module="1"} 0.97
     pylontech_module_discharged_ampere_hours_total{bank="0",module="1"} 10800.803
     pylontech_module_lifetime_events_total{bank="0",event="bat_hv_times",module="1"} 37.0
-    pylontech_cell_state_of_health_count{bank="0",cell="1",module="1"} 1.0
+    pylontech_cell_sohcount{bank="0",cell="1",module="1"} 1.0
     pylontech_cell_state_of_health_info{bank="0",cell="1",module="1",status="normal"} 1.0
     pylontech_module_identity_info{bank="0",board_version="V10R04",boot_version="V1.0",
         comm_version="V2.0",device_name="US5000",manufacturer="Pylon",module="1",
@@ -654,8 +654,8 @@ class ConsoleCollector(_Part):
             labels=[*bm, "event"],
         )
         soh_count = GaugeMetricFamily(
-            "pylontech_cell_state_of_health_count",
-            hourly("SOHCount of the cell (soh N)"),
+            "pylontech_cell_sohcount",
+            hourly("SOHCount of the cell as soh N prints it (its meaning is undocumented)"),
             labels=bmc,
         )
         soh_status = GaugeMetricFamily(

@@ -228,7 +228,7 @@ def expected_from_static(
         for line in printed[f"soh {position}"].lines[2:]:
             cell, _, count, status = line.split()
             c = {**b, "cell": int(cell) + 1}
-            out[key("pylontech_cell_state_of_health_count", **c)] = float(count)
+            out[key("pylontech_cell_sohcount", **c)] = float(count)
             out[key("pylontech_cell_state_of_health_info", **c, status=status.lower())] = 1.0
     return out
 
@@ -269,7 +269,7 @@ STATIC_FAMILIES = frozenset(
         "pylontech_module_cycles_total",
         "pylontech_module_discharged_ampere_hours_total",
         "pylontech_module_state_of_health_ratio",
-        "pylontech_cell_state_of_health_count",
+        "pylontech_cell_sohcount",
         "pylontech_cell_state_of_health_info",
     }
 )
@@ -535,7 +535,7 @@ def test_every_scrape_exports_what_the_console_printed(tcp_line: Line):
             ("pylontech_module_full_capacity_ampere_hours", 1),
             ("pylontech_module_cycles_total", 1),
             ("pylontech_module_state_of_health_ratio", 1),
-            ("pylontech_cell_state_of_health_count", 15),
+            ("pylontech_cell_sohcount", 15),
         ):
             assert len(select(scrape.samples, family)) == per_module * TCP_MODULES, family
         assert len(select(scrape.samples, "pylontech_module_info")) == TCP_MODULES
