@@ -609,7 +609,8 @@ def not_ready(banks: Sequence[Bank]) -> str | None:
     None when every bank is settled."""
     for bank in banks:
         if bank.discovering:
-            return f"bank {bank.name} is still being discovered"
+            problem = f": {bank.problem}" if bank.problem else ""
+            return f"bank {bank.name} is still being discovered{problem}"
         if not bank.settled:
             return (
                 f"bank {bank.name} is reading the static data (serial numbers, firmware, "
@@ -908,9 +909,16 @@ def dump(args: argparse.Namespace) -> int:
                 time.monotonic() < heard or not all(b.settled for b in poller.banks)
             ):
                 time.sleep(0.05)
+            reading = time.monotonic()
             snapshot = poller.read(deadline)
         finally:
             poller.close()
+        before = "listening" if listening else "finding the modules and their static data"
+        print(
+            f"{PROG} dump: {time.monotonic() - started:.2f} s in all: {reading - started:.2f} s "
+            f"{before}, then {snapshot.duration:.2f} s reading",
+            file=sys.stderr,
+        )
         print(render_json(snapshot) if args.json else render_table(snapshot))
         return 0 if all(b.up for b in snapshot.banks) else 1
 

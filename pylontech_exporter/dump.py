@@ -55,12 +55,26 @@ def render_json(snapshot: Snapshot) -> str:
     return json.dumps(to_dict(snapshot), indent=2, sort_keys=False, allow_nan=False)
 
 
+def module_alarms(module: ModuleReading) -> list[str] | None:
+    """A module's active alarms in words, from its RS485 alarm info or its console states;
+    None when neither was read. What ``dump`` and the landing page show."""
+    if module.alarms is not None:
+        return active_alarms(module.alarms)
+    if module.detail is not None:
+        return active_states(module.detail)
+    return None
+
+
+def fixed(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals, without the minus of a value that rounds to 0
+    ("0 W", not "-0 W")."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def _alarms(module: ModuleReading) -> str:
-    if module.alarms is None:
-        if module.detail is not None:  # the console's states
-            return ", ".join(active_states(module.detail)) or "none"
-        return "not read"
-    return ", ".join(active_alarms(module.alarms)) or "none"
+    alarms = module_alarms(module)
+    return "not read" if alarms is None else ", ".join(alarms) or "none"
 
 
 def _columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
@@ -120,7 +134,12 @@ def render_table(snapshot: Snapshot) -> str:
         state = "up" if bank.up else f"DOWN ({bank.error})"
         maker = bank.manufacturer
         ident = f", {maker.device_name} {maker.software_version}" if maker else ""
-        how = "listened" if bank.listen is not None else f"read in {bank.duration:.2f} s"
+        if bank.listen is not None:
+            how = "listened"
+        elif bank.up or bank.duration >= 0.005:
+            how = f"read in {bank.duration:.2f} s"
+        else:  # nothing to read (no module known), the port not open, the line busy
+            how = "not read"
         lines.append(f"bank {bank.name} (group {bank.group}, {bank.port}{ident}): {state}, {how}")
         lines.extend(_heard(bank))
         rows = [header]
@@ -150,9 +169,9 @@ def render_table(snapshot: Snapshot) -> str:
                     f"0x{m.address:02X}",
                     m.serial_number or "-",
                     f"{v.state_of_charge * 100:.1f}%" if math.isfinite(v.state_of_charge) else "-",
-                    f"{v.voltage:.3f} V",
-                    f"{v.current:.1f} A",
-                    f"{v.power:.0f} W",
+                    f"{fixed(v.voltage, 3)} V",
+                    f"{fixed(v.current, 1)} A",
+                    f"{fixed(v.power, 0)} W",
                     f"{min(v.cell_voltages):.3f} V" if v.cell_voltages else "-",
                     f"{max(v.cell_voltages):.3f} V" if v.cell_voltages else "-",
                     f"{max(v.temperatures):.1f} C" if v.temperatures else "-",

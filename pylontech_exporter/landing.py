@@ -17,7 +17,7 @@ from html import escape
 
 from ._version import __version__
 from .config import BankConfig
-from .models import active_alarms
+from .dump import fixed, module_alarms
 from .snapshot import BankReading, ModuleReading, Snapshot
 
 _CSS = """
@@ -41,13 +41,13 @@ SPREAD_WARNING = 0.05
 
 
 def _fmt(value: float, digits: int, unit: str) -> str:
-    return f"{value:.{digits}f}&nbsp;{unit}"
+    return f"{fixed(value, digits)}&nbsp;{unit}"
 
 
 def _alarm_text(module: ModuleReading) -> str:
-    if module.alarms is None:
+    alarms = module_alarms(module)
+    if alarms is None:
         return "<span class=muted>not read</span>"
-    alarms = active_alarms(module.alarms)
     return f"<span class=alarm>{escape(', '.join(alarms))}</span>" if alarms else "none"
 
 

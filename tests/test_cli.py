@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -342,6 +343,19 @@ def test_scan_finding_nothing_gives_the_hint_of_its_mode_only(mode, hint):
     assert result.returncode == 1, result.stderr
     assert hint in result.stderr
     assert "no other master" not in result.stderr and "DIP switch" not in result.stderr
+
+
+def test_dump_of_a_silent_bank_says_what_the_time_went_on():
+    stack = frozen_stack(modules=1)
+    stack.remove_module(0x02)
+    with TcpSimulator(Rs485Responder(stack), latency=0) as tcp:
+        result = run_cli("dump", "--serial.port", tcp.url, "--serial.timeout", "0.3")
+    assert result.returncode == 1
+    assert "DOWN (no module answered discovery), not read" in result.stdout
+    took = re.search(r"dump: ([0-9.]+) s in all: ([0-9.]+) s finding the modules", result.stderr)
+    assert took, result.stderr
+    # Discovery waited out --serial.timeout at least once before it gave up.
+    assert float(took[1]) >= float(took[2]) >= 0.3
 
 
 def test_dump_table_and_json():

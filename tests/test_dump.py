@@ -20,3 +20,12 @@ def test_dump_json_has_null_not_nan_when_full_capacity_is_zero():
     assert "NaN" not in text
     assert json.loads(text)["banks"][0]["modules"][0]["values"]["state_of_charge"] is None
     assert "nan" not in render_table(snapshot)
+
+
+def test_a_down_bank_says_how_long_its_read_took_or_that_it_was_not_read():
+    def line(duration: float) -> str:
+        bank = BankReading(name="0", group=0, port="p", error="no answer", duration=duration)
+        return render_table(Snapshot(banks=[bank], taken_at=1.0)).splitlines()[0]
+
+    assert line(2.4).endswith("DOWN (no answer), read in 2.40 s")
+    assert line(0.0001).endswith("DOWN (no answer), not read")

@@ -10,7 +10,7 @@ from support.stacks import frozen_stack
 from pylontech_exporter.config import BankConfig, SerialSettings
 from pylontech_exporter.dump import render_table
 from pylontech_exporter.landing import render
-from pylontech_exporter.models import active_alarms
+from pylontech_exporter.models import AlarmState, ModuleDetail, active_alarms
 from pylontech_exporter.snapshot import BankReading, ModuleReading, Snapshot
 
 
@@ -76,3 +76,33 @@ def test_landing_page_and_dump_list_the_same_active_alarms():
     table = render_table(snapshot)
     for text in active_alarms(alarms):
         assert text in page and text in table
+
+
+@pytest.mark.parametrize(
+    ("states", "shown"),
+    [({}, "none"), ({"current": AlarmState.HIGH}, "current high")],
+)
+def test_console_module_alarms_are_shown_as_dump_shows_them(states, shown):
+    values = frozen_stack(modules=1, model="US3000C").module(2).values()
+    detail = ModuleDetail(measurement_states={"module_voltage": AlarmState.NORMAL, **states})
+    bank = BankReading(
+        name="0", group=0, port="p", modules=[ModuleReading(1, 2, values=values, detail=detail)]
+    )
+    snapshot = Snapshot(banks=[bank], taken_at=1.0)
+    page = render([BankConfig("0", SerialSettings("p"))], snapshot, now=2.0)
+    assert f"{shown}</" in page and "not read" not in page
+    assert render_table(snapshot).splitlines()[-1].endswith(f"  {shown}")
+
+
+def test_a_current_that_rounds_to_zero_has_no_minus_sign():
+    values = dataclasses.replace(
+        frozen_stack(modules=1, model="US3000C").module(2).values(), current=-0.01
+    )
+    assert -1 < values.power < 0
+    bank = BankReading(name="0", group=0, port="p", modules=[ModuleReading(1, 2, values=values)])
+    snapshot = Snapshot(banks=[bank], taken_at=1.0)
+    page = render([BankConfig("0", SerialSettings("p"))], snapshot, now=2.0)
+    assert "<td>0&nbsp;W</td>" in page and "<td>0.0&nbsp;A</td>" in page  # totals, module
+    assert "<td>-0" not in page
+    table = render_table(snapshot)
+    assert " 0 W" in table and " 0.0 A" in table and "-0" not in table
