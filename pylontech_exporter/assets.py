@@ -145,8 +145,17 @@ def main(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
     try:
         files = write(target, root=source(), force=args.force, selector=args.job_selector)
     except (OSError, ValueError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 1
+        if not isinstance(error, OSError) or error.filename is None:
+            # ours: DIR's files exist, or this installation has none to write
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 1
+        where = "" if str(error.filename) == str(target) else f" ({error.filename})"
+        print(
+            f"{parser.prog}: error: cannot write to {target}: {error.strerror}{where}; "
+            "give a directory you can write to",
+            file=sys.stderr,
+        )
+        return 2
     for relative in files:
         print(target / relative)
     return 0

@@ -227,3 +227,13 @@ def test_readme_links_work_outside_the_repository():
     for target in targets:
         if target.startswith(f"{GITHUB}/blob/main/"):
             assert (REPO / target.removeprefix(f"{GITHUB}/blob/main/").split("#")[0]).exists()
+
+
+def test_a_directory_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    for target in (Path("/proc/nope"), blocker / "sub"):
+        assert main(["assets", str(target)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"cannot write to {target}: " in error, error
+        assert "Errno" not in error

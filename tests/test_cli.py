@@ -173,6 +173,15 @@ def test_version_and_help():
     assert "PYLONTECH_EXPORTER_" in result.stdout and "scan" in result.stdout
 
 
+def test_simulator_version(capsys):
+    from pylontech_exporter.simulator.cli import main as simulator
+
+    with pytest.raises(SystemExit) as exited:
+        simulator(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pylontech-simulator {__version__}"
+
+
 def test_config_check_ok_with_env_and_flag_precedence():
     env = clean_env(
         PYLONTECH_EXPORTER_SERIAL_PORT="socket://127.0.0.1:8899",

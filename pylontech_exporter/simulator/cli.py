@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from typing import Callable, NoReturn
 
+from .._version import __version__
 from .battery import BatteryStack
 from .console import FIRMWARES, MODEL_FIRMWARE, ConsoleResponder
 from .faults import FAULT_HELP, Fault, parse_fault
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="inject a fault (repeatable), see below",
     )
+    parser.add_argument("--version", action="version", version=f"{parser.prog} {__version__}")
     return parser
 
 
