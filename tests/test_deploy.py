@@ -480,3 +480,14 @@ def test_udevadm_verify_accepts_the_rule_and_refuses_a_planted_mistake(tmp_path)
     broken.write_text(UDEV_RULES.read_text(encoding="utf-8").replace("SYMLINK+=", "SYMLNK+=", 1))
     refused = subprocess.run([*verify, broken], capture_output=True, text=True)
     assert refused.returncode != 0 and "SYMLNK" in refused.stdout + refused.stderr
+
+
+def test_the_unit_opens_the_serial_devices_the_docs_name_and_the_pi_uart():
+    """DevicePolicy=closed denies every device not allowed by name: a missing driver name
+    is a serial port the service cannot open (the Pi's GPIO UART HATs are /dev/ttyAMA0)."""
+    unit = (REPO / "deploy" / "systemd" / "pylontech-exporter.service").read_text()
+    assert re.search(r"^DevicePolicy=closed$", unit, re.M)
+    allowed = set(re.findall(r"^DeviceAllow=char-(\S+) rw$", unit, re.M))
+    assert {"ttyUSB", "ttyACM", "ttyS", "ttyAMA"} <= allowed
+    security = (REPO / "docs" / "deploy.md").read_text().split("### Security notes")[1]
+    assert set(re.findall(r"`(?:DeviceAllow=)?char-(tty\w+) rw`", security)) == allowed
