@@ -4,9 +4,10 @@ systemd unit, the udev rule, the docs), byte for byte as the repository has them
 
 DIR gets the repository's layout (``DIR/grafana/pylontech.json``,
 ``DIR/deploy/prometheus/...``), so the commands of docs/deploy.md work from DIR as from a
-checkout (but the rule unit tests and the compose demo, which need the source). A wheel carries the files under ``pylontech_exporter/share/``: setup.py packages
-them from where they are in the repository, reading :data:`SHIPPED` from this file. An
-editable install has no copy and reads the repository itself.
+checkout (but the rule unit tests and the compose demo, which need the source). A wheel
+carries the files under ``pylontech_exporter/share/``: setup.py packages them from where
+they are in the repository, reading :data:`SHIPPED` from this file. An editable install
+has no copy and reads the repository itself.
 """
 
 from __future__ import annotations
