@@ -106,6 +106,9 @@ class Bank:
         self.reads_static = True
         #: The last protocol error seen in this read, for messages.
         self.last_error: str | None = None
+        #: What is wrong with the line while it lasts, by kind (the port cannot be opened,
+        #: another master, the console on the line): one line that says what to do.
+        self.problems: dict[str, str] = {}
         self._was_up: bool | None = None
 
     # -- modules ----------------------------------------------------------------------
@@ -254,6 +257,26 @@ class Bank:
             log.info("modules answer again", extra=kv(bank=self.name, modules=_positions(new)))
         self.answering = positions
 
+    # -- what is wrong with the line ---------------------------------------------------
+
+    def report(self, kind: str, problem: str | None) -> None:
+        """Set the ``kind`` problem of the line, or clear it with None. A new problem is
+        logged at warning level once, its end at info level: not on every scrape."""
+        old = self.problems.get(kind)
+        if problem == old:
+            return
+        if problem is None:
+            del self.problems[kind]
+            log.info("problem gone", extra=kv(bank=self.name, was=old))
+        else:
+            self.problems[kind] = problem
+            log.warning(problem, extra=kv(bank=self.name))
+
+    @property
+    def problem(self) -> str | None:
+        """Every problem of the line in one line, None when there is none."""
+        return "; ".join(self.problems.values()) or None
+
     # -- one read ---------------------------------------------------------------------
 
     def count(self, requests: int, failures: Mapping[str, int]) -> None:
@@ -298,8 +321,12 @@ class Bank:
                 reading.error = "no module answered discovery"
             else:
                 reading.error = "no module answered"
-            if self.last_error and reading.complete:
+            if self.problem:
+                reading.error += f": {self.problem}"
+            elif self.last_error and reading.complete:
                 reading.error += f" (last error: {self.last_error})"
+        elif reading.up and self.problem:
+            reading.hint = " ".join(filter(None, (reading.hint, self.problem)))
         if (
             not reading.discovering
             and reading.up != self._was_up

@@ -266,7 +266,8 @@ def build_parser(command: str | None = None) -> Parser:
         "--config.file",
         dest="config_file",
         metavar="FILE",
-        help="YAML file with the banks (name, port, group, baudrate, modules, bank_query)",
+        help="YAML file with the banks (name, port, group, baudrate, modules, bank_query, "
+        "protocol, listen_only, ...; see the README)",
     )
     source.add_argument(
         "--simulate",

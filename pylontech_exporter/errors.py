@@ -51,6 +51,11 @@ class ImplausibleReading(PayloadError):
     reason = "implausible"
 
 
+class ConsoleAnswer(FrameError):
+    """The port answers RS485 frames like the RS232 console shell (``pylon>``, ``try
+    'help'``): the console jack, or a port set to the console protocol."""
+
+
 class ResponseError(PylontechError):
     """The battery answered with a return code (RTN) other than 00."""
 

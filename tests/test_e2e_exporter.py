@@ -4,6 +4,7 @@ scraped over HTTP; every value must equal what the (frozen) simulator holds."""
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import signal
 import subprocess
@@ -14,12 +15,15 @@ from pathlib import Path
 import pytest
 from support.inprocess import resources
 from support.metrics import assert_readings_equal, expected_readings, key, parse, readings, select
+from support.net import free_port
 from support.processes import Exporter
 from support.stacks import frozen_stack
 from support.waiting import wait_for
 
 from pylontech_exporter import __version__
 from pylontech_exporter.simulator import Rs485Responder
+from pylontech_exporter.simulator.console import ConsoleResponder
+from pylontech_exporter.simulator.inverter import Inverter, get_profile
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
 
 FAST = ("--serial.timeout", "0.2", "--cache.ttl", "0")
@@ -395,3 +399,67 @@ def test_sigterm_ends_the_process_at_once_during_a_long_read():
             exporter.stop()
     assert exporter.process.returncode == 0
     assert stopped < 3, f"took {stopped:.1f} s to stop"
+
+
+def _warnings(exporter: Exporter, text: str) -> int:
+    """Warnings whose message starts with ``text``."""
+    return sum(
+        "level=warn" in line and re.search(r"msg=\"?" + re.escape(text), line) is not None
+        for line in exporter.lines
+    )
+
+
+def test_a_gateway_that_refuses_the_connection_says_so_once():
+    port = free_port()  # nothing listens there
+    with Exporter(
+        "--serial.port", f"socket://127.0.0.1:{port}", "--log.level", "debug", *FAST, ready=False
+    ) as exporter:
+        assert wait_for(lambda: sum("background work paused" in x for x in exporter.lines) >= 2)
+        status, _, body = exporter.get("/-/ready")
+        assert status == 503
+        assert b"connection refused (is the gateway's TCP port right?)" in body
+        exporter.scrape()
+        page = exporter.get("/")[2].decode()
+        assert "discovering the modules: cannot open socket://127.0.0.1:" in page
+        assert _warnings(exporter, "cannot open socket://") == 1, exporter.describe()
+
+
+def test_another_master_on_the_bus_is_named_once(stack):
+    inverter = Inverter(stack, get_profile("full"), period=0.2)
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0.01, inverter=inverter) as server,
+        Exporter("--serial.port", server.url, *FAST, ready=False) as exporter,
+    ):
+
+        def named() -> bool:
+            exporter.scrape()
+            return b"another master is polling this bus" in exporter.get("/")[2]
+
+        assert wait_for(named, 20), exporter.describe()
+        samples = exporter.scrape()
+        failures = key("pylontech_serial_request_failures_total", bank="0", reason="another_master")
+        assert samples[failures] > 0
+        assert b"use --serial.listen-only" in exporter.get("/")[2]
+        assert _warnings(exporter, "another master is polling this bus") == 1, exporter.describe()
+
+
+def test_the_console_jack_read_as_rs485_has_no_modules_and_says_what_to_use(stack):
+    with (
+        TcpSimulator(ConsoleResponder(stack), latency=0) as server,
+        Exporter("--serial.port", server.url, *FAST) as exporter,
+    ):
+        samples = exporter.scrape()
+        page = exporter.get("/")[2].decode()
+    assert select(samples, "pylontech_module_up") == {}
+    assert samples[key("pylontech_up", bank="0")] == 0
+    assert "answers like the RS232 console: use --serial.protocol console" in page
+
+
+def test_a_slow_gateway_comes_up_with_a_raised_serial_timeout(stack):
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0.6) as server,
+        Exporter("--serial.port", server.url, "--serial.timeout", "2", "--cache.ttl", "0") as exp,
+    ):
+        samples = exp.scrape()
+    assert samples[key("pylontech_up", bank="0")] == 1
+    assert len(select(samples, "pylontech_module_up")) == 3

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 
 import pytest
+from support.waiting import wait_for
 
 from pylontech_exporter import (
     ProtocolVersion,
@@ -15,8 +17,11 @@ from pylontech_exporter import (
     ResponseTimeout,
 )
 from pylontech_exporter.deadline import Deadline
-from pylontech_exporter.errors import DeadlinePassed
+from pylontech_exporter.errors import ConsoleAnswer, DeadlinePassed, PylontechError
+from pylontech_exporter.rs485.client import ANOTHER_MASTER
 from pylontech_exporter.simulator import BatteryStack, Rs485Responder
+from pylontech_exporter.simulator.console import ConsoleResponder
+from pylontech_exporter.simulator.inverter import Inverter, get_profile
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
 
 
@@ -295,3 +300,49 @@ def test_invalid_client_settings():
         Pylontech("/dev/null", timeout=0)
     with pytest.raises(ValueError, match="retries"):
         Pylontech("/dev/null", retries=-1)
+
+
+def test_another_masters_requests_are_counted_and_the_echo_is_not(stack):
+    stack.freeze()
+    inverter = Inverter(stack, get_profile("full"), period=0.05)
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0.01, inverter=inverter) as server,
+        Pylontech(server.url, timeout=0.3) as bus,
+    ):
+        assert wait_for(lambda: _read_quietly(bus) and bus.stats.failures[ANOTHER_MASTER], 10)
+        assert bus.stats.foreign_request_address in {m.address for m in stack.modules}
+
+
+def _read_quietly(bus: Pylontech) -> bool:
+    with contextlib.suppress(PylontechError):
+        bus.get_management_info(0x03)
+    return True
+
+
+def test_the_console_shell_is_no_module_and_says_so(stack):
+    stack.freeze()
+    with (
+        TcpSimulator(ConsoleResponder(stack), latency=0) as server,
+        Pylontech(server.url, timeout=0.3) as bus,
+    ):
+        with pytest.raises(ConsoleAnswer, match=r"use --serial\.protocol console"):
+            bus.probe(0x02)
+        assert bus.stats.requests == 1, "not retried: the console will say it again"
+        assert bus.discover(0) == []
+
+
+def test_discovery_waits_the_configured_timeout_on_a_slow_gateway(stack):
+    stack.freeze()
+    with (
+        TcpSimulator(Rs485Responder(stack), latency=0.6) as server,
+        Pylontech(server.url, timeout=2.0) as bus,
+    ):
+        assert bus.discover(0) == [0x02, 0x03, 0x04]
+        assert bus.stats.failures["timeout"] == 0, "the silent address ends it, no failure"
+
+
+def test_a_silent_master_is_a_timeout_and_a_silent_address_beyond_is_not(bus):
+    assert bus.probe(0x09, ending=True) is None
+    assert bus.stats.failures["timeout"] == 0
+    assert bus.probe(0x09) is None
+    assert bus.stats.failures["timeout"] == 2  # the client's retry

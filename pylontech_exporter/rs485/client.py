@@ -11,13 +11,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar
 
 from ..deadline import Deadline
 from ..errors import (
+    ChecksumError,
+    ConsoleAnswer,
     DeadlinePassed,
     FrameError,
     ImplausibleReading,
@@ -59,8 +61,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The longest wait for the silent address that ends a discovery (real modules answer
-#: within 80 ms).
+#: within 80 ms), unless the line's answers take longer (a gateway): then twice the
+#: slowest seen.
 DISCOVERY_TIMEOUT = 0.5
+
+#: The failure reason of a request frame heard that this client did not send: another
+#: master polls the bus, and the two collide.
+ANOTHER_MASTER = "another_master"
+
+#: What the RS232 console shell prints around a line it does not understand.
+_CONSOLE_MARKS = (b"pylon>", b"try 'help'", b"Command completed")
 
 #: Return codes that mean the request was garbled on the line: worth another try.
 _RETRYABLE_CODES = frozenset({ReturnCode.CHKSUM_ERROR, ReturnCode.LCHKSUM_ERROR})
@@ -75,6 +85,8 @@ class RequestStats:
 
     requests: int = 0
     failures: Counter[str] = field(default_factory=Counter)
+    #: The address of the last request heard that this client did not send.
+    foreign_request_address: int | None = None
 
 
 class Pylontech:
@@ -113,6 +125,10 @@ class Pylontech:
         self._addresses: dict[int, list[int]] = {}
         #: VER of the last answer from each address: the protocol version it speaks.
         self.versions: dict[int, int] = {}
+        #: The longest a successful answer's first byte took (seconds after the request).
+        self.slowest_answer = 0.0
+        #: The last requests sent: a 2-wire adapter echoes them, late ones too.
+        self._sent: deque[bytes] = deque(maxlen=4)
 
     # -- connection ------------------------------------------------------------------
 
@@ -225,16 +241,26 @@ class Pylontech:
         transport = self.transport
         deadline: Deadline | None = getattr(self._local, "deadline", None)
         self.stats.requests += 1
+        self._sent.append(request)
         transport.send(request, deadline)
+        sent = time.monotonic()
         # However much the line chatters, one answer takes its wire time after the wait
         # for its first byte.
         wire = command.max_answer_bytes(bank) * 10 / transport.baudrate
-        limit = time.monotonic() + timeout + wire
+        limit = sent + timeout + wire
         while True:
-            response = decode_frame(transport.read_frame(timeout, limit, deadline))
+            raw = transport.read_frame(timeout, limit, deadline)
+            if any(mark in raw for mark in _CONSOLE_MARKS):
+                raise ConsoleAnswer(
+                    "this port answers like the RS232 console: use --serial.protocol console"
+                )
+            response = decode_frame(raw)
             if response.cid2 in READ_COMMANDS:
                 # A request, not an answer: our own echoed by a 2-wire adapter, or another
-                # master's.
+                # master's (counted: the two collide).
+                if raw not in self._sent:
+                    self.stats.failures[ANOTHER_MASTER] += 1
+                    self.stats.foreign_request_address = response.address
                 log.debug("ignoring a request frame to 0x%02X", response.address)
                 continue
             if response.address != address:
@@ -252,6 +278,8 @@ class Pylontech:
             if response.cid2 != ReturnCode.NORMAL:
                 raise ResponseError(response.cid2, address)
             self.versions[address] = response.version
+            first_byte = time.monotonic() - sent - len(raw) * 10 / transport.baudrate
+            self.slowest_answer = max(self.slowest_answer, first_byte)
             if parse is None:
                 return response, None
             try:
@@ -360,32 +388,47 @@ class Pylontech:
 
     # -- discovery -------------------------------------------------------------------
 
-    def probe(self, address: int, timeout: float | None = None) -> ModuleSerialNumber | None:
+    def probe(
+        self, address: int, timeout: float | None = None, *, ending: bool = False
+    ) -> ModuleSerialNumber | None:
         """The serial number of the module at ``address``, or None when nothing answers
-        there (one try; a silent address is an answer here, not a failure). An answer
-        with an error code, or a garbled one, still means a module is there: raised."""
-        wait = timeout or min(self.timeout, DISCOVERY_TIMEOUT)
+        there. An answer with an error code or a garbled one is raised.
+
+        ``ending``: the address is beyond every module known, and its silence ends a
+        discovery: that is an answer, not a failure, asked once and waited for at most
+        DISCOVERY_TIMEOUT (twice the slowest answer seen on a slower line). Otherwise
+        (the master, a known module) the probe is an ordinary request: the client's
+        timeout and retries, and silence counts as a ``timeout`` failure."""
         serial = commands.SERIAL_NUMBER
+        if ending:
+            wait = timeout or min(self.timeout, max(DISCOVERY_TIMEOUT, 2 * self.slowest_answer))
+            retries: int | None = 0
+        else:
+            wait, retries = timeout or self.timeout, None
         try:
             return self._transact(
-                address, serial, None, serial.parse, wait, 0, silence_is_failure=False
+                address, serial, None, serial.parse, wait, retries, silence_is_failure=not ending
             )[1]
         except ResponseTimeout:
             return None
 
     def discover(self, group: int = 0, *, timeout: float | None = None) -> list[int]:
         """Addresses of the modules of ``group``: from the master upward until the first
-        address that stays silent (an answer with an error code or a garbled one still
-        means a module is there). ``timeout`` is the wait for that silent address
-        (default: the client's timeout, at most 0.5 s)."""
+        address that stays silent (an answer with an error code or a bad checksum still
+        means a module is there; bytes that are not a frame do not). ``timeout`` is the
+        wait for that silent address (default: see :meth:`probe`); the master gets the
+        client's timeout."""
         found = []
         first = master_address(group)
         for address in range(first, first + MAX_MODULES_PER_GROUP):
             try:
-                if self.probe(address, timeout) is None:
+                ending = address != first
+                if self.probe(address, timeout if ending else None, ending=ending) is None:
                     break
-            except (ResponseError, FrameError):
+            except (ResponseError, ChecksumError):
                 pass
+            except FrameError:
+                break
             found.append(address)
         self._addresses[group] = found
         return found
@@ -424,4 +467,4 @@ def _worth_retrying(error: PylontechError) -> bool:
     it again, while a garbled, lost or reset exchange (the port reopens) may well pass."""
     if isinstance(error, ResponseError):
         return error.code in _RETRYABLE_CODES
-    return True
+    return not isinstance(error, ConsoleAnswer)

@@ -35,7 +35,15 @@ from typing import Any, Callable, Protocol, TypeVar
 from ..bank import Bank
 from ..config import SerialSettings
 from ..deadline import Deadline
-from ..errors import DeadlinePassed, FrameError, PylontechError, ResponseError, TransportError
+from ..errors import (
+    ChecksumError,
+    ConsoleAnswer,
+    DeadlinePassed,
+    FrameError,
+    PylontechError,
+    ResponseError,
+    TransportError,
+)
 from ..logging_setup import kv
 from ..models import (
     GroupValues,
@@ -51,6 +59,7 @@ from ..models import (
 )
 from ..snapshot import BankReading, ModuleReading
 from .bank_query import BankQueryPolicy
+from .client import ANOTHER_MASTER
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,8 @@ MANAGEMENT_REFRESH = 30.0
 BACKGROUND_RETRY = 2.0
 #: Seconds to the first byte of an answer on real modules, for estimates.
 LATENCY = 0.08
+#: Another master's requests not heard for this long: it is taken to have gone.
+ANOTHER_MASTER_QUIET = 120.0
 
 
 class Client(Protocol):
@@ -72,7 +83,9 @@ class Client(Protocol):
     versions: dict[int, int]
 
     def deadline(self, when: Deadline | float) -> Any: ...
-    def probe(self, address: int, timeout: float | None = None) -> ModuleSerialNumber | None: ...
+    def probe(
+        self, address: int, timeout: float | None = None, *, ending: bool = False
+    ) -> ModuleSerialNumber | None: ...
     def get_values_bank(self, group: int = 0) -> GroupValues: ...
     def get_values_single(self, address: int) -> ModuleValues: ...
     def get_alarm_info_bank(self, group: int = 0) -> list[ModuleAlarms]: ...
@@ -110,6 +123,9 @@ class BankReader:
         #: The most time a bank-wide 0x42 had and did not finish in: with no more time
         #: than that, the modules are read one by one (as many as fit, rather than none).
         self._bank_values_cut = 0.0
+        #: Another master's requests counted so far, and when the last one was heard.
+        self._foreign_requests = 0
+        self._foreign_at = -math.inf
 
     # -- a scrape ---------------------------------------------------------------------
 
@@ -142,6 +158,33 @@ class BankReader:
             stats.requests - requests,
             {r: n - failures.get(r, 0) for r, n in stats.failures.items()},
         )
+        self._watch_the_line()
+
+    def _watch_the_line(self) -> None:
+        """Keep the bank's problems up to date with what the last requests saw: another
+        master's requests on the line; the port open again after it could not be."""
+        bank, stats = self.bank, self.client.stats
+        heard = stats.failures.get(ANOTHER_MASTER, 0)
+        if heard > self._foreign_requests:
+            self._foreign_requests, self._foreign_at = heard, bank.clock()
+            if ANOTHER_MASTER not in bank.problems:  # named by the first request heard
+                bank.report(
+                    ANOTHER_MASTER,
+                    f"another master is polling this bus (requests to "
+                    f"0x{stats.foreign_request_address:02X} that this exporter did not send): "
+                    "two masters collide on RS485; use --serial.listen-only",
+                )
+        elif bank.clock() - self._foreign_at >= ANOTHER_MASTER_QUIET:
+            bank.report(ANOTHER_MASTER, None)
+        if self.client.transport.is_open:
+            bank.report("transport", None)
+
+    def _note(self, error: PylontechError) -> None:
+        """A failure that says what is wrong with the line, beyond this request."""
+        if isinstance(error, TransportError):
+            self.bank.report("transport", str(error))
+        elif isinstance(error, ConsoleAnswer):
+            self.bank.report("console", str(error))
 
     def _read(self, reading: BankReading, deadline: Deadline) -> None:
         bank = self.bank
@@ -182,7 +225,8 @@ class BankReader:
             serial = self.client.probe(bank.address(1))
         except DeadlinePassed:
             raise
-        except PylontechError:
+        except PylontechError as error:
+            self._note(error)
             serial = None
         if serial is None:
             return False  # nobody there to confirm it: asked again next time
@@ -207,6 +251,7 @@ class BankReader:
             raise
         except PylontechError as error:
             self.bank.last_error = str(error)
+            self._note(error)
             self.bank.record(position, command, False)
             log.debug(
                 "%s of 0x%02X failed: %s", command, address, error, extra=kv(bank=self.bank.name)
@@ -227,6 +272,7 @@ class BankReader:
             raise  # the deadline is no evidence about the firmware
         except PylontechError as error:
             bank.last_error = str(error)
+            self._note(error)
             if policy.learning:
                 previous = policy.failed()
                 log.log(
@@ -408,20 +454,30 @@ class BankReader:
 
     def _discovery_step(self) -> None:
         """Probe one position. The first silent one beyond every module known ends the
-        discovery (one probe, not a failure: an empty address is the answer)."""
+        discovery (one probe, not a failure: an empty address is the answer); the master
+        and the modules known get the client's timeout, and their silence is a failure.
+        An error code or a bad checksum is a module there; bytes that are not a frame
+        (the console shell, another master's traffic) are not."""
         bank = self.bank
         if self._probe_next is None:
             self._probe_next, self._found = 1, set()
             log.debug("discovery starts", extra=kv(bank=bank.name, why=bank.discovery_reason))
         position = self._probe_next
         address = bank.address(position)
+        ending = position > max(bank.known, default=1)
         try:
-            serial = self.client.probe(address)
-        except (ResponseError, FrameError) as error:  # somebody is there
+            serial = self.client.probe(address, ending=ending)
+        except (ResponseError, ChecksumError) as error:  # somebody is there
             log.debug("0x%02X answers discovery with %s", address, error, extra=kv(bank=bank.name))
             serial, present = None, True
+        except FrameError as error:
+            log.debug("0x%02X: no frame (%s)", address, error, extra=kv(bank=bank.name))
+            self._note(error)
+            serial, present = None, False
         else:
             present = serial is not None
+            if present:
+                bank.report("console", None)
         if present:
             self._found.add(position)
             memory = bank.memory(position)
@@ -520,6 +576,7 @@ class Rs485Source:
             except DeadlinePassed:
                 return 0.0  # a scrape wants the line: back after it
             except TransportError as error:
+                reader._note(error)  # warned once, shown in the bank's state
                 log.debug("background work paused: %s", error, extra=kv(bank=reader.bank.name))
                 return BACKGROUND_RETRY
             finally:

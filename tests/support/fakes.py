@@ -64,7 +64,7 @@ class FakeClient:
         finally:
             self._deadline = previous
 
-    def probe(self, address: int, timeout: float | None = None):
+    def probe(self, address: int, timeout: float | None = None, *, ending: bool = False):
         if self._deadline is not None and self._deadline.passed():
             raise DeadlinePassed("probe: the deadline passed")
         self.calls.append("probe")
