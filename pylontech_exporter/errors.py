@@ -116,4 +116,9 @@ BUS_FAILURES: tuple[type[PylontechError], ...] = (
     ResponseError,
     TransportError,
 )
-FAILURE_REASONS: tuple[str, ...] = tuple(error.reason for error in BUS_FAILURES)
+#: Not an error of a request: a request frame on the line that this exporter did not send.
+ANOTHER_MASTER = "another_master"
+FAILURE_REASONS: tuple[str, ...] = (
+    *(error.reason for error in BUS_FAILURES),
+    ANOTHER_MASTER,
+)

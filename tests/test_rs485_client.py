@@ -17,8 +17,7 @@ from pylontech_exporter import (
     ResponseTimeout,
 )
 from pylontech_exporter.deadline import Deadline
-from pylontech_exporter.errors import ConsoleAnswer, DeadlinePassed, PylontechError
-from pylontech_exporter.rs485.client import ANOTHER_MASTER
+from pylontech_exporter.errors import ANOTHER_MASTER, ConsoleAnswer, DeadlinePassed, PylontechError
 from pylontech_exporter.simulator import BatteryStack, Rs485Responder
 from pylontech_exporter.simulator.console import ConsoleResponder
 from pylontech_exporter.simulator.inverter import Inverter, get_profile

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from ..deadline import Deadline
 from ..errors import (
+    ANOTHER_MASTER,
     ChecksumError,
     ConsoleAnswer,
     DeadlinePassed,
@@ -64,10 +65,6 @@ T = TypeVar("T")
 #: within 80 ms), unless the line's answers take longer (a gateway): then twice the
 #: slowest seen.
 DISCOVERY_TIMEOUT = 0.5
-
-#: The failure reason of a request frame heard that this client did not send: another
-#: master polls the bus, and the two collide.
-ANOTHER_MASTER = "another_master"
 
 #: What the RS232 console shell prints around a line it does not understand.
 _CONSOLE_MARKS = (b"pylon>", b"try 'help'", b"Command completed")

@@ -36,6 +36,7 @@ from ..bank import Bank
 from ..config import SerialSettings
 from ..deadline import Deadline
 from ..errors import (
+    ANOTHER_MASTER,
     ChecksumError,
     ConsoleAnswer,
     DeadlinePassed,
@@ -59,7 +60,6 @@ from ..models import (
 )
 from ..snapshot import BankReading, ModuleReading
 from .bank_query import BankQueryPolicy
-from .client import ANOTHER_MASTER
 
 log = logging.getLogger(__name__)
 
