@@ -409,10 +409,18 @@ def _warnings(exporter: Exporter, text: str) -> int:
     )
 
 
-def test_a_gateway_that_refuses_the_connection_says_so_once():
+@pytest.mark.parametrize("protocol", ["rs485", "console"])
+def test_a_gateway_that_refuses_the_connection_says_so_once(protocol):
     port = free_port()  # nothing listens there
     with Exporter(
-        "--serial.port", f"socket://127.0.0.1:{port}", "--log.level", "debug", *FAST, ready=False
+        "--serial.port",
+        f"socket://127.0.0.1:{port}",
+        "--serial.protocol",
+        protocol,
+        "--log.level",
+        "debug",
+        *FAST,
+        ready=False,
     ) as exporter:
         assert wait_for(lambda: sum("background work paused" in x for x in exporter.lines) >= 2)
         status, _, body = exporter.get("/-/ready")

@@ -199,6 +199,7 @@ class ConsoleSource:
             )
         except PylontechError as error:  # pwr failed: no battery is up
             bank.last_error = str(error)
+            self._note(error)
             log.debug("pwr failed: %s", error, extra=kv(bank=bank.name))
         finally:
             now = bank.wall()
@@ -433,6 +434,7 @@ class ConsoleSource:
         except DeadlinePassed:
             return 0.0  # a scrape wants the line: back after it
         except TransportError as error:
+            self._note(error)
             log.debug("background work paused: %s", error, extra=kv(bank=bank.name))
             return BACKGROUND_RETRY
         finally:
@@ -446,8 +448,8 @@ class ConsoleSource:
     def _discover(self, deadline: Deadline) -> None:
         try:
             self._listed(self._pwr(deadline))
-        except DeadlinePassed:
-            raise
+        except (DeadlinePassed, TransportError):
+            raise  # the port cannot be opened: still discovering, tried again in a while
         except PylontechError as error:
             self.bank.last_error = str(error)
             if not self.bank.config.modules:
@@ -510,6 +512,13 @@ class ConsoleSource:
             stats.requests - requests,
             {r: n - failures.get(r, 0) for r, n in stats.failures.items()},
         )
+        if self.shell.transport.is_open:
+            self.bank.report("transport", None)
+
+    def _note(self, error: PylontechError) -> None:
+        """The port that cannot be opened: warned once, shown in the bank's state."""
+        if isinstance(error, TransportError):
+            self.bank.report("transport", str(error))
 
     def close(self) -> None:
         self.shell.close()
