@@ -25,6 +25,7 @@ PRESENTATION_MAY_IMPORT = {
     "webconfig",
     "collector",
     "cache",
+    "dump",  # the landing page words alarms and numbers as dump does
     "deadline",
     "exposition",
 }
