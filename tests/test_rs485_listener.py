@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
-import time
 
 import pytest
 from support.inprocess import bank as bank_config
@@ -263,21 +261,3 @@ def test_the_line_going_away_is_reported_and_listening_resumes(gateway, stack):
         listening.close()
     assert reading.up and reading.listen is not None
     assert reading.listen.frames["answer"] == 2
-
-
-def test_the_line_closed_under_a_cut_step_is_shutting_down_not_a_warning(gateway, stack, caplog):
-    """Stopping cuts the step and closes the port under the read in progress: that is no
-    "cannot listen to the line" warning (dump printed one at its end)."""
-    caplog.set_level(logging.WARNING, "pylontech_exporter.rs485.listener")
-    listening = Listening(gateway)
-    request = encode_request(0x02, 0x42, b"\xff")
-    listening.hear(request + _answer(stack, request), answers=1)
-    for _ in range(5):
-        step = Deadline()
-        reading = threading.Thread(target=listening.source.background, args=(step,))
-        reading.start()
-        time.sleep(0.05)  # into the read (LISTEN_STEP long)
-        step.cut()
-        listening.close()
-        reading.join(5)
-    assert not caplog.records
