@@ -16,7 +16,8 @@ repeated copy, each query) against a real Prometheus, once per source: the expor
 the RS485 master (`--simulate`), listening beside a virtual inverter (`--simulate
 --serial.listen-only`) and reading two RS232 consoles (`protocol: console`). The
 variables find the stack (console banks only on the console: RS485 users get no console
-rows), every query runs and has data but for what the source does not carry
+rows; banks with status flags and 0x92 data only on RS485: console users get no rows of
+them), every query runs and has data but for what the source does not carry
 (SOURCE_GAPS, each with its reason and checked to be empty), no copy mixes banks or
 modules, series names are unique within a panel, the series fit the panel, and values
 keep their precision.
@@ -280,6 +281,10 @@ def check_variables(dashboard: dict) -> list[str]:
         "module": "pylontech_module_up",
         # Only console banks have it: no console bank, no console rows.
         "console_bank": "pylontech_console_unparsed_total",
+        # Only banks whose 0x44 / 0x92 answers are read (as master, or heard from the
+        # inverter's polling) have them: none on the console.
+        "status_bank": "pylontech_module_status_flag",
+        "management_bank": "pylontech_module_charge_enabled",
     }
     for name, metric in expected.items():
         variable = found.get(name)
@@ -765,7 +770,6 @@ CHECKED_UNITS = {"watt", "watth", "volt", "amp", "amph", "suffix:Ah", "celsius",
 #: master), `rs485-listen` (listen-only beside an inverter polling with the `full`
 #: profile), `console` (the RS232 console). Each entry must be empty in every copy, and
 #: every other target have data (HEALTHY_EMPTY aside).
-_NO_0x92 = "the console has no charge/discharge management (0x92)"
 SOURCE_GAPS: dict[str, dict[str, str]] = {
     "rs485": {},
     "rs485-listen": {
@@ -773,24 +777,10 @@ SOURCE_GAPS: dict[str, dict[str, str]] = {
             "nothing is sent: failures over requests is 0 / 0"
         ),
     },
-    "console": {
-        "panel 27 'Alarms and protections, bank $bank' target A": (
-            "the console prints no protection flags (0x44 Status1)"
-        ),
-        "panel 27 'Alarms and protections, bank $bank' target E": (
-            "the console prints no per-cell voltage error flags (0x44 Status4/5)"
-        ),
-        "panel 29 'Status flags, bank $bank' target A": (
-            "the console prints no MOSFET, heater or buzzer flags (0x44 Status2/3)"
-        ),
-        "panel 31 'Current limits, bank $bank' target A": _NO_0x92,
-        "panel 31 'Current limits, bank $bank' target B": _NO_0x92,
-        "panel 32 'Voltage limits, bank $bank' target A": _NO_0x92,
-        "panel 32 'Voltage limits, bank $bank' target B": _NO_0x92,
-        "panel 33 'Charge and discharge enabled, bank $bank' target A": _NO_0x92,
-        "panel 33 'Charge and discharge enabled, bank $bank' target B": _NO_0x92,
-        "panel 41 'Charge requests, bank $bank' target A": _NO_0x92,
-    },
+    # No protection, status or cell voltage error flags (0x44 Status1..5) nor 0x92 on the
+    # console: their rows repeat over status_bank and management_bank, which list no
+    # console bank, so no copy of them is shown.
+    "console": {},
 }
 
 
@@ -978,7 +968,8 @@ def big_stack(request: pytest.FixtureRequest, big_stacks: dict[str, BigStack]) -
 @pytest.mark.prometheus
 def test_the_variables_find_the_stack(big_stack: BigStack):
     """Both banks and their 16 modules; console banks only where the source is the
-    console: on RS485 not one copy of the console rows."""
+    console, banks with 0x44 status and 0x92 data only where it is RS485: not one copy
+    of the console rows on RS485, nor of the status and management rows on the console."""
     banks = [str(b) for b in range(BIG_BANKS)]
     console = big_stack.source == "console"
     assert big_stack.options == {
@@ -987,13 +978,23 @@ def test_the_variables_find_the_stack(big_stack: BigStack):
         "bank": banks,
         "module": [str(m) for m in range(1, BIG_MODULES + 1)],
         "console_bank": banks if console else [],
+        "status_bank": [] if console else banks,
+        "management_bank": [] if console else banks,
     }
-    console_rows = [r.copy.name for r in big_stack.results if "console_bank" in r.copy.scope]
-    assert len(console_rows) == (CONSOLE_PANELS_PER_BANK * BIG_BANKS if console else 0)
+    for variable, per_bank in DATA_ROW_PANELS_PER_BANK.items():
+        has_data = (variable == "console_bank") == console
+        copies = [r.copy.name for r in big_stack.results if variable in r.copy.scope]
+        assert len(copies) == (per_bank * BIG_BANKS if has_data else 0), (variable, copies)
 
 
-#: Copies in the console rows per console bank: 9 panels of the bank, 3 of each module.
-CONSOLE_PANELS_PER_BANK = 9 + 3 * BIG_MODULES
+#: Copies in the rows of a bank that has the data, per variable listing those banks: the
+#: console rows (9 panels of the bank, 3 of each module), the 0x44 protections and status
+#: flags, the 0x92 management panels.
+DATA_ROW_PANELS_PER_BANK = {
+    "console_bank": 9 + 3 * BIG_MODULES,
+    "status_bank": 2,
+    "management_bank": 4,
+}
 #: Panels repeated per module inside a row per bank: the module rows, and the console's.
 PANELS_PER_MODULE = {"rs485": 3, "rs485-listen": 3, "console": 3 + 3}
 

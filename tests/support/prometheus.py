@@ -118,10 +118,10 @@ HEALTHY_EMPTY = {
     "panel 27 'Alarms and protections, bank $bank' target F": (
         "lists only the modules with an active alarm (`> 0`); none has one on a healthy stack"
     ),
-    "panel 33 'Charge and discharge enabled, bank $bank' target C": (
+    "panel 33 'Charge and discharge enabled, bank $management_bank' target C": (
         "lists only the modules that refuse charging (`== 0`)"
     ),
-    "panel 33 'Charge and discharge enabled, bank $bank' target D": (
+    "panel 33 'Charge and discharge enabled, bank $management_bank' target D": (
         "lists only the modules that refuse discharging (`== 0`)"
     ),
     "panel 35 'Reachability' target D": "lists only the modules that are down (`== 0`)",
