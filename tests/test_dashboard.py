@@ -17,10 +17,11 @@ the RS485 master (`--simulate`), listening beside a virtual inverter (`--simulat
 --serial.listen-only`) and reading two RS232 consoles (`protocol: console`). The
 variables find the stack (console banks only on the console: RS485 users get no console
 rows; banks with status flags and 0x92 data only on RS485: console users get no rows of
-them), every query runs and has data but for what the source does not carry
-(SOURCE_GAPS, each with its reason and checked to be empty), no copy mixes banks or
-modules, series names are unique within a panel, the series fit the panel, and values
-keep their precision.
+them; where a variable has no value Grafana still draws its repeat once, empty, which
+only a collapsed row may be), every query runs and has data but for what the source does
+not carry (SOURCE_GAPS, each with its reason and checked to be empty), no copy mixes
+banks or modules, series names are unique within a panel, the series fit the panel, and
+values keep their precision.
 """
 
 from __future__ import annotations
@@ -302,6 +303,16 @@ def check_variables(dashboard: dict) -> list[str]:
         if variable.get("allValue") != ".+":
             problems.append(f"variable {name}: allValue {variable.get('allValue')!r}, not '.+'")
     return problems
+
+
+def check_placeholders(copies: list[PanelCopy]) -> list[str]:
+    """A repeat whose variable has no value is drawn once, empty (PLACEHOLDER): fine as a
+    collapsed row, which shows no empty panel unless it is opened, not elsewhere."""
+    return [
+        f"{c.name}: drawn empty for want of a value of its variable"
+        for c in copies
+        if c.placeholder and not c.collapsed
+    ]
 
 
 def check_metric_names(dashboard: dict, known: set[str]) -> list[str]:
@@ -969,22 +980,58 @@ def big_stack(request: pytest.FixtureRequest, big_stacks: dict[str, BigStack]) -
 def test_the_variables_find_the_stack(big_stack: BigStack):
     """Both banks and their 16 modules; console banks only where the source is the
     console, banks with 0x44 status and 0x92 data only where it is RS485: not one copy
-    of the console rows on RS485, nor of the status and management rows on the console."""
-    banks = [str(b) for b in range(BIG_BANKS)]
-    console = big_stack.source == "console"
+    of the console rows on RS485, nor of the status and management rows on the console,
+    but Grafana's placeholder of each, a collapsed row."""
     assert big_stack.options == {
-        "job": ["pylontech"],
+        **expected_options(big_stack.source),
         "instance": big_stack.options["instance"][:1],
+    }
+    console = big_stack.source == "console"
+    for variable, per_bank in DATA_ROW_PANELS_PER_BANK.items():
+        has_data = (variable == "console_bank") == console
+        copies = [
+            r.copy.name
+            for r in big_stack.results
+            if variable in r.copy.scope and not r.copy.placeholder
+        ]
+        assert len(copies) == (per_bank * BIG_BANKS if has_data else 0), (variable, copies)
+    problems = check_placeholders([r.copy for r in big_stack.results])
+    assert not problems, "\n".join(problems)
+
+
+def expected_options(source: str) -> dict[str, list[str]]:
+    """The variables' options for BIG_BANKS x BIG_MODULES read through ``source`` (one
+    instance)."""
+    banks = [str(b) for b in range(BIG_BANKS)]
+    console = source == "console"
+    return {
+        "job": ["pylontech"],
+        "instance": ["localhost"],
         "bank": banks,
         "module": [str(m) for m in range(1, BIG_MODULES + 1)],
         "console_bank": banks if console else [],
         "status_bank": [] if console else banks,
         "management_bank": [] if console else banks,
     }
-    for variable, per_bank in DATA_ROW_PANELS_PER_BANK.items():
-        has_data = (variable == "console_bank") == console
-        copies = [r.copy.name for r in big_stack.results if variable in r.copy.scope]
-        assert len(copies) == (per_bank * BIG_BANKS if has_data else 0), (variable, copies)
+
+
+@pytest.mark.parametrize("source", ["rs485", "console"])
+def test_repeats_without_values_are_collapsed_rows(dashboard, source):
+    problems = check_placeholders(panel_copies(dashboard, expected_options(source)))
+    assert not problems, "\n".join(problems)
+
+
+def test_check_placeholders_catches_empty_panels_on_show(dashboard):
+    """The management row left open, and the status flags repeated per status_bank in
+    the open alarms row: on a console bank, Grafana draws each of them once, empty."""
+    broken = copy.deepcopy(dashboard)
+    next(p for p in broken["panels"] if p["id"] == 30)["collapsed"] = False
+    status_row = next(p for p in broken["panels"] if p["id"] == 57)
+    flags = next(p for p in status_row["panels"] if p["id"] == 29)
+    status_row["panels"].remove(flags)
+    broken["panels"].insert(broken["panels"].index(status_row), {**flags, "repeat": "status_bank"})
+    problems = check_placeholders(panel_copies(broken, expected_options("console")))
+    assert sorted(int(p.split()[1]) for p in problems) == [29, 31, 32, 33, 41], problems
 
 
 #: Copies in the rows of a bank that has the data, per variable listing those banks: the
@@ -1004,7 +1051,9 @@ def test_every_panel_copy_has_data_at_2x16(big_stack: BigStack):
     """Every query of every copy has data, but those that show exceptions only
     (HEALTHY_EMPTY) and those of data the source does not carry (SOURCE_GAPS): those are
     empty in every copy, or their entry is stale."""
-    per_module = [r for r in big_stack.results if "module" in r.copy.scope]
+    # Placeholders (bank=~"", no data) are test_the_variables_find_the_stack's.
+    results = [r for r in big_stack.results if not r.copy.placeholder]
+    per_module = [r for r in results if "module" in r.copy.scope]
     # Each panel per module for each of the 32 modules, within the copy of its bank's row.
     assert len(per_module) == PANELS_PER_MODULE[big_stack.source] * BIG_BANKS * BIG_MODULES
     assert all(set(r.copy.scope) & {"bank", "console_bank"} for r in per_module)
@@ -1012,11 +1061,11 @@ def test_every_panel_copy_has_data_at_2x16(big_stack: BigStack):
     expected_empty = {**HEALTHY_EMPTY, **gaps}
     problems = [
         f"{result.copy.name} target {where.rsplit(' ', 1)[1]}: no data\n    {expr}"
-        for result in big_stack.results
+        for result in results
         for where, expr in result.empty.items()
         if where not in expected_empty
     ]
-    with_data = {w for r in big_stack.results for w in r.queried if w not in r.empty}
+    with_data = {w for r in results for w in r.queried if w not in r.empty}
     problems += [
         f"{where}: has data, but is listed as empty ({expected_empty[where]})"
         for where in sorted(with_data & set(expected_empty))

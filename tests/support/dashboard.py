@@ -110,6 +110,10 @@ GRID_UNIT_PX = 30
 GRID_MARGIN_PX = 8
 #: What Grafana repeats a panel up to per line when the panel does not say (maxPerRow).
 DEFAULT_MAX_PER_ROW = 4
+#: The value of a repeat's variable in the one copy Grafana draws when the variable has
+#: no value (its repeaters' placeholder, titled as "All"): a row repeated over the banks
+#: that have some data is still drawn once where no bank has it, its panels empty.
+PLACEHOLDER = ""
 
 
 def height_px(h: int) -> int:
@@ -120,19 +124,27 @@ def height_px(h: int) -> int:
 @dataclass
 class PanelCopy:
     """A panel as Grafana lays it out: a repeated panel, or one in a repeated row, once
-    per selected value of the variable; ``scope`` holds the variables of the copy (each
-    set to its one value), ``width`` its width in grid columns."""
+    per selected value of the variable (PLACEHOLDER without one); ``scope`` holds the
+    variables of the copy (each set to its one value), ``width`` its width in grid
+    columns, ``collapsed`` whether it is in a collapsed row (not drawn until opened)."""
 
     panel: dict
     scope: dict[str, str]
     width: int
+    collapsed: bool
+
+    @property
+    def placeholder(self) -> bool:
+        """Drawn for want of a value of its variable (or its row's)."""
+        return PLACEHOLDER in self.scope.values()
 
     @property
     def name(self) -> str:
         title = str(self.panel.get("title", ""))
-        for variable, value in self.scope.items():
+        shown = {k: v if v != PLACEHOLDER else "All" for k, v in self.scope.items()}
+        for variable, value in shown.items():
             title = title.replace(f"${{{variable}}}", value).replace(f"${variable}", value)
-        scope = ", ".join(f"{k} {v}" for k, v in self.scope.items())
+        scope = ", ".join(f"{k} {v}" for k, v in shown.items())
         return f"panel {self.panel.get('id')} {title!r}" + (f" ({scope})" if scope else "")
 
 
@@ -151,24 +163,33 @@ def panels_by_row(dashboard: dict) -> list[tuple[dict | None, dict]]:
 
 
 def panel_copies(dashboard: dict, options: dict[str, list[str]]) -> list[PanelCopy]:
-    """Every panel copy Grafana shows when the variables have ``options`` selected (a
-    repeat needs the values of its variable)."""
+    """Every panel copy Grafana shows when the variables have ``options`` selected: a
+    repeat makes a copy per value of its variable, or one PLACEHOLDER copy without a
+    value (as Grafana's DashboardGridItem and RowRepeaterBehavior do)."""
     copies = []
     for row, panel in panels_by_row(dashboard):
         row_variable = row.get("repeat") if row else None
-        for row_value in options[row_variable] if row_variable else [None]:
+        collapsed = bool(row and row.get("collapsed"))
+        for row_value in repeat_values(options, row_variable) if row_variable else [None]:
             scope = {row_variable: row_value} if row_variable and row_value is not None else {}
             variable = panel.get("repeat")
             width = int(panel["gridPos"]["w"])
             if not variable:
-                copies.append(PanelCopy(panel, scope, width))
+                copies.append(PanelCopy(panel, scope, width, collapsed))
                 continue
-            values = options[variable]
+            values = repeat_values(options, variable)
             if panel.get("repeatDirection", "h") == "h":
                 per_row = panel.get("maxPerRow") or DEFAULT_MAX_PER_ROW
                 width = max(GRID_COLUMNS // len(values), GRID_COLUMNS // per_row)
-            copies.extend(PanelCopy(panel, {**scope, variable: v}, width) for v in values)
+            copies.extend(
+                PanelCopy(panel, {**scope, variable: v}, width, collapsed) for v in values
+            )
     return copies
+
+
+def repeat_values(options: dict[str, list[str]], variable: str) -> list[str]:
+    """The values Grafana repeats over: the variable's, else its placeholder."""
+    return options[variable] or [PLACEHOLDER]
 
 
 def render_legend(legend_format: str, labels: dict[str, str]) -> str:
