@@ -11,7 +11,13 @@ import re
 from typing import Any, Callable
 
 import pytest
-from support.console import TRANSCRIPTS, transcript_bytes
+from support.console import (
+    TRANSCRIPTS,
+    help_commands,
+    parse_key_values,
+    printed_time,
+    transcript_bytes,
+)
 
 from pylontech_exporter.console import tables
 from pylontech_exporter.console.shell import AnswerSplitter, is_page, parse_answer
@@ -134,7 +140,7 @@ def _info(record, answer) -> dict[str, Any]:
 
 
 PWR_DETAIL = {
-    "power": lambda d: d.index,
+    "power": lambda d: int(d.line(r"Power\s+(\d+)").group(1)),
     "voltage_V": lambda d: d.milli("Voltage"),
     "current_A": lambda d: d.milli("Current"),
     "temperature_C": lambda d: d.milli("Temperature"),
@@ -161,12 +167,12 @@ PWR_DETAIL = {
 
 def _pwr_n(record, answer) -> dict[str, Any]:
     assert answer.completed
-    return _lookup(PWR_DETAIL, record["expected"], tables.parse_pwr_detail(answer.lines))
+    return _lookup(PWR_DETAIL, record["expected"], parse_key_values(answer.lines))
 
 
 def _time(record, answer) -> dict[str, Any]:
     return {
-        "datetime": tables.parse_time(answer.lines).datetime,
+        "datetime": printed_time(answer.lines),
         "command_completed": answer.completed,
     }
 
@@ -179,13 +185,13 @@ def _error(record, answer) -> dict[str, Any]:
 def _help(record, answer) -> dict[str, Any]:
     units = AnswerSplitter().feed(transcript_bytes(record))
     return {
-        "local_commands": list(tables.parse_help(answer.lines).local_commands),
+        "local_commands": help_commands(answer.lines),
         "pager_prompt": any(is_page(u) for u in units),
     }
 
 
 PWRSYS = {
-    "system_state_line": lambda s: s.state,
+    "system_state_line": lambda s: s.line(r"System is.*").group(0),
     "system_volt_V": lambda s: s.number("System Volt")[0] / 1000,
     "system_curr_A": lambda s: s.number("System Curr")[0] / 1000,
     "system_rc_mAh": lambda s: s.number("System RC")[0],
@@ -203,7 +209,7 @@ PWRSYS = {
 
 def _pwrsys(record, answer) -> dict[str, Any]:
     assert answer.completed
-    return _lookup(PWRSYS, record["expected"], tables.parse_pwrsys(answer.lines))
+    return _lookup(PWRSYS, record["expected"], parse_key_values(answer.lines))
 
 
 READERS = {

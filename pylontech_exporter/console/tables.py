@@ -32,7 +32,6 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]*")
 _PERCENT = re.compile(r"(\d+)%")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CLOCK = re.compile(r"\d{2}:\d{2}:\d{2}")
-_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _CHARGE = re.compile(r"(\d+)\s*mAH", re.IGNORECASE)
 MISSING = "-"
 #: A stack has at most this many batteries (``pwr`` rows 1..16).
@@ -445,7 +444,7 @@ def key_values(lines: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     return pairs, plain
 
 
-def _number_unit(text: str) -> tuple[int, str] | None:
+def number_unit(text: str) -> tuple[int, str] | None:
     """``49959       mV`` -> (49959, "mV"); ``-100000mA`` -> (-100000, "mA")."""
     found = re.fullmatch(r"([+-]?\d+)\s*([A-Za-z%]*)", text.strip())
     return (int(found.group(1)), found.group(2)) if found else None
@@ -467,7 +466,7 @@ class InfoRecord:
         cells = f.get("Cell Number", "")
 
         def amperes(key: str) -> float | None:
-            found = _number_unit(f.get(key, ""))
+            found = number_unit(f.get(key, ""))
             return found[0] / 1000 if found and found[1] == "mA" else None
 
         return ModuleIdentity(
@@ -542,87 +541,3 @@ def parse_stat(lines: Sequence[str]) -> StatRecord:
         else:
             problems.append(f"stat: {key}: {value!r} is not a whole number")
     return StatRecord(address, counts, tuple(problems))
-
-
-@dataclass(frozen=True)
-class PowerDetail:
-    """``pwr N``: ``Key : value unit`` lines as printed, values read on demand."""
-
-    index: int | None
-    fields: dict[str, str]
-
-    def number(self, key: str) -> tuple[int, str] | None:
-        """The integer and unit of ``key`` (None: not printed or not a number)."""
-        return _number_unit(self.fields[key]) if key in self.fields else None
-
-    def milli(self, key: str) -> float | None:
-        found = self.number(key)
-        return found[0] / 1000 if found else None
-
-    def word(self, key: str) -> str | None:
-        value = self.fields.get(key)
-        return value.split()[0] if value else None
-
-
-def parse_pwr_detail(lines: Sequence[str]) -> PowerDetail:
-    pairs, plain = key_values(lines)
-    index = None
-    for line in plain:
-        found = re.fullmatch(r"Power\s+(\d+)", line)
-        if found:
-            index = int(found.group(1))
-    return PowerDetail(index, pairs)
-
-
-@dataclass(frozen=True)
-class PowerSystem:
-    """``pwrsys`` (debug mode): the system state line and ``Key : value unit`` lines."""
-
-    state: str | None
-    fields: dict[str, str]
-
-    def number(self, key: str) -> tuple[int, str] | None:
-        return _number_unit(self.fields[key]) if key in self.fields else None
-
-
-def parse_pwrsys(lines: Sequence[str]) -> PowerSystem:
-    pairs, plain = key_values(lines)
-    state = next((line for line in plain if line.startswith("System is")), None)
-    return PowerSystem(state, pairs)
-
-
-@dataclass(frozen=True)
-class TimeRecord:
-    """``time``: the module's clock as printed, and the chip it names."""
-
-    datetime: str | None
-    chip: str | None
-
-
-def parse_time(lines: Sequence[str]) -> TimeRecord:
-    for line in lines:
-        found = _DATETIME.search(line)
-        if found:
-            chip = line[: found.start()].strip() or None
-            return TimeRecord(found.group(0), chip)
-    return TimeRecord(None, None)
-
-
-@dataclass(frozen=True)
-class HelpListing:
-    """``help``: the local commands it lists."""
-
-    local_commands: tuple[str, ...]
-
-
-def parse_help(lines: Sequence[str]) -> HelpListing:
-    commands: list[str] = []
-    local = False
-    for line in lines:
-        if line.strip().startswith("Local command"):
-            local = True
-        elif line.strip().startswith("*") or line.strip().startswith("Remote command"):
-            local = False
-        elif local and line.split():
-            commands.append(line.split()[0])
-    return HelpListing(tuple(commands))

@@ -3,11 +3,14 @@ the repository) and helpers for tests of the console source."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from pylontech_exporter.console.tables import key_values, number_unit
 from pylontech_exporter.deadline import Deadline
 from pylontech_exporter.errors import DeadlinePassed, ResponseTimeout
 from pylontech_exporter.simulator.console import LineSplitter
@@ -98,3 +101,56 @@ class ResponderShell:
 
     def close(self) -> None:
         pass
+
+
+# -- answers the exporter never asks for, parsed to check the recordings of them ---------
+
+
+@dataclass(frozen=True)
+class KeyValues:
+    """An answer of ``Key : value unit`` lines (``pwr N``, ``pwrsys``) as printed, and its
+    other lines (``Power 1``, ``System is Charge``)."""
+
+    fields: dict[str, str]
+    plain: list[str]
+
+    def number(self, key: str) -> tuple[int, str] | None:
+        """The integer and unit of ``key`` (None: not printed or not a number)."""
+        return number_unit(self.fields[key]) if key in self.fields else None
+
+    def milli(self, key: str) -> float | None:
+        found = self.number(key)
+        return found[0] / 1000 if found else None
+
+    def word(self, key: str) -> str | None:
+        value = self.fields.get(key)
+        return value.split()[0] if value else None
+
+    def line(self, pattern: str) -> re.Match[str] | None:
+        """The first other line that matches ``pattern``."""
+        return next(filter(None, (re.fullmatch(pattern, line) for line in self.plain)), None)
+
+
+def parse_key_values(lines: Sequence[str]) -> KeyValues:
+    fields, plain = key_values(lines)
+    return KeyValues(fields, plain)
+
+
+def printed_time(lines: Sequence[str]) -> str | None:
+    """The date and time ``time`` prints."""
+    found = re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", "\n".join(lines))
+    return found.group(0) if found else None
+
+
+def help_commands(lines: Sequence[str]) -> list[str]:
+    """The local commands ``help`` lists."""
+    commands: list[str] = []
+    local = False
+    for line in (line.strip() for line in lines):
+        if line.startswith("Local command"):
+            local = True
+        elif line.startswith(("*", "Remote command")):
+            local = False
+        elif local and line:
+            commands.append(line.split()[0])
+    return commands
