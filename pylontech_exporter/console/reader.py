@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar
 
@@ -60,6 +60,7 @@ from .shell import Answer, CommandStats, ConsoleShell
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 #: A transport failure pauses background work this long.
 BACKGROUND_RETRY = 2.0
@@ -89,23 +90,24 @@ _unknown_words: set[str] = set()
 
 
 def alarm_state(word: str | None) -> AlarmState | None:
-    """A state word of the console as a contract state (None for None)."""
-    if word is None:
-        return None
-    state = STATE_WORDS.get(word.lower())
-    if state is None:
-        _first_time(word, "state")
-        return AlarmState.FAULT
-    return state
+    """A state word of the console as a contract state; one it does not know is a fault."""
+    return _known(word, STATE_WORDS, AlarmState.FAULT, "state")
 
 
 def base_state(word: str | None) -> BaseState | None:
+    """A base state word of the console; one it does not know is ``other``."""
+    return _known(word, BASE_WORDS, BaseState.OTHER, "base state")
+
+
+def _known(word: str | None, words: Mapping[str, S], unknown: S, kind: str) -> S | None:
+    """``words[word]`` (case-insensitive; None for None), else ``unknown``, the word logged
+    the first time it is seen."""
     if word is None:
         return None
-    state = BASE_WORDS.get(word.lower())
+    state = words.get(word.lower())
     if state is None:
-        _first_time(word, "base state")
-        return BaseState.OTHER
+        _first_time(word, kind)
+        return unknown
     return state
 
 
