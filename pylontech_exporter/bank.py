@@ -42,6 +42,8 @@ DROP_AFTER_SECONDS = 3600.0
 MANAGEMENT_MAX_AGE = 60.0
 #: A discovery that found nothing is tried again after this many seconds.
 EMPTY_RETRY_SECONDS = 10.0
+#: A port that failed (cannot be opened, connection lost) pauses background work this long.
+BACKGROUND_RETRY = 2.0
 
 
 @dataclass

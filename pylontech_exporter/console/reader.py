@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar
 
-from ..bank import Bank
+from ..bank import BACKGROUND_RETRY, Bank
 from ..config import SerialSettings
 from ..deadline import Deadline
 from ..errors import DeadlinePassed, PylontechError, TransportError
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = TypeVar("S")
 
-#: A transport failure pauses background work this long.
-BACKGROUND_RETRY = 2.0
 #: Seconds to the first byte of an answer, for estimates until measured.
 LATENCY = 0.08
 #: Bytes of a ``bat N`` answer (16 cells; 15: 1.97 kB, as recorded) and of a 16-row

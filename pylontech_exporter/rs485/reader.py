@@ -32,7 +32,7 @@ import time
 from functools import partial
 from typing import Any, Callable, Protocol, TypeVar
 
-from ..bank import Bank
+from ..bank import BACKGROUND_RETRY, Bank
 from ..config import SerialSettings
 from ..deadline import Deadline
 from ..errors import (
@@ -67,8 +67,6 @@ T = TypeVar("T")
 
 #: Management info older than this is read again between scrapes.
 MANAGEMENT_REFRESH = 30.0
-#: A transport failure pauses background work this long.
-BACKGROUND_RETRY = 2.0
 #: Seconds to the first byte of an answer on real modules, for estimates.
 LATENCY = 0.08
 #: Another master's requests not heard for this long: it is taken to have gone.
