@@ -128,9 +128,13 @@ def test_management_info_under_a_short_budget_oldest_first_and_with_its_age():
     background(reader, client)
     clock[0] += MANAGEMENT_REFRESH  # every 0x92 is due again
     # values, alarms and one 0x92 fit
-    first = scrape(reader, clock, seconds=3.9 * client.step)
-    second = scrape(reader, clock, seconds=3.9 * client.step)
-    third = scrape(reader, clock, seconds=3.9 * client.step)
+    scrapes = []
+    for _ in range(3):
+        scrapes.append(scrape(reader, clock, seconds=3.9 * client.step))
+        clock[0] += 1  # the scrape interval
+    first, second, third = scrapes
+    # One 0x92 fits and is read; the second is not started (not cut by the deadline).
+    assert first.complete and second.complete and third.complete
     fresh = [
         [m.read_at.get("management", 0) >= m.read_at["values"] for m in r.modules]
         for r in (first, second, third)
@@ -140,6 +144,18 @@ def test_management_info_under_a_short_budget_oldest_first_and_with_its_age():
     clock[0] += MANAGEMENT_MAX_AGE
     late = scrape(reader, clock, seconds=2.9 * client.step)
     assert [m.management is None for m in late.modules] == [True, True, True]
+
+
+def test_a_failed_bank_wide_alarm_read_with_bank_query_on_is_no_success():
+    reader, client, clock = make(2, bank_query="on")
+    background(reader, client)
+    assert all(m.success["alarms"] for m in scrape(reader, clock).modules)
+    client.fail["alarms_bank"] = 1
+    second = scrape(reader, clock)
+    assert [(m.up, m.alarms, m.success["alarms"]) for m in second.modules] == [
+        (True, None, False),
+        (True, None, False),
+    ]
 
 
 def test_the_hourly_static_refresh_keeps_the_old_values_until_re_read():

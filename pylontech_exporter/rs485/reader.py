@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from functools import partial
 from typing import Any, Callable, Protocol, TypeVar
 
@@ -355,7 +354,10 @@ class BankReader:
                     if position in modules:
                         keep(position, alarms)
                 return
-            if policy.mode == "on":
+            if policy.mode == "on":  # no per-module reads: this scrape has no alarms
+                for position, module in modules.items():
+                    bank.record(position, "alarms", False)
+                    module.success["alarms"] = False
                 return
         for position in list(modules):
             alarm = self._try(
@@ -379,7 +381,7 @@ class BankReader:
             module.success["management"] = bank.memory(position).success["management"]
 
     def _refresh_management(self, position: int) -> bool:
-        started = time.monotonic()
+        started = self.bank.clock()
         info = self._try(
             "management",
             position,
@@ -387,7 +389,7 @@ class BankReader:
         )
         if info is None:
             return False
-        self._management_time = time.monotonic() - started
+        self._management_time = self.bank.clock() - started
         self.bank.keep_management(position, info)
         return True
 
