@@ -18,6 +18,7 @@ from html import escape
 from ._version import __version__
 from .config import BankConfig
 from .dump import fixed, module_alarms
+from .models import GroupValues
 from .snapshot import BankReading, ModuleReading, Snapshot
 
 _CSS = """
@@ -83,9 +84,9 @@ def _totals(bank: BankReading) -> str:
     values = [m.values for m in bank.modules if m.values is not None]
     if not values:
         return ""
-    full = sum(v.total_capacity for v in values)
-    soc = sum(v.remaining_capacity for v in values) / full if full else math.nan
-    power = sum(v.power for v in values)
+    stack = GroupValues(bank.group, tuple(values))
+    soc = stack.state_of_charge
+    power = stack.total_power
     current = sum(v.current for v in values)
     voltage = sum(v.voltage for v in values) / len(values)
     return (
