@@ -23,6 +23,7 @@ from pylontech_exporter.simulator.console import (
     BALANCE_SPREAD,
     FIRMWARES,
     MODEL_FIRMWARE,
+    RECEIVED_KEPT,
     WORDS,
     ConsoleResponder,
     LineSplitter,
@@ -85,6 +86,14 @@ def test_a_line_longer_than_the_shell_takes_is_dropped():
     splitter = LineSplitter()
     assert splitter.feed(b"x" * 300) == [] and splitter.buffered < 256
     assert splitter.feed(b"\n") == [b"x" * (300 - 257) + b"\n"]
+
+
+def test_the_lines_typed_are_kept_up_to_a_bound():
+    responder = console()
+    for n in range(RECEIVED_KEPT + 5):
+        typed(responder, f"bat {n % 3 + 1}\n")
+    assert len(responder.received) == RECEIVED_KEPT  # runs inside the exporter: no growth
+    assert responder.received[-1] == b"bat %d\n" % ((RECEIVED_KEPT + 4) % 3 + 1)
 
 
 @pytest.mark.parametrize("firmware", [f for f in FIRMWARES if FIRMWARES[f].rows])

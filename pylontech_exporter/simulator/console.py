@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ BALANCE_SPREAD = 0.02
 TRICKLE_RATE = 100
 #: The longest line the shell takes (longer input is dropped).
 MAX_LINE = 256
+#: Typed lines :attr:`ConsoleResponder.received` keeps (the newest; it runs inside the
+#: exporter under ``--simulate``, so it must not grow per scrape).
+RECEIVED_KEPT = 1000
 
 _CONTENT = frozenset({FaultKind.VANISH})
 _WIRE = frozenset(
@@ -332,8 +336,8 @@ class ConsoleResponder:
             firmware = MODEL_FIRMWARE.get(master.model.name, "B69.16")
         self.firmware = get_firmware(firmware) if isinstance(firmware, str) else firmware
         self.clock = clock
-        #: Every line typed, as received (terminator included): what was asked.
-        self.received: list[bytes] = []
+        #: The last :data:`RECEIVED_KEPT` lines typed, as received (terminator included).
+        self.received: deque[bytes] = deque(maxlen=RECEIVED_KEPT)
         #: The last answer sent without faults (what a ``stale`` fault repeats).
         self.last_reply: bytes | None = None
         rng = random.Random(f"console-{stack.seed}")
