@@ -184,7 +184,7 @@ def _check_max_age(value: Any, where: str) -> float:
     return check_seconds(value, where, allow_zero=False, maximum=MAX_LISTEN_MAX_AGE)
 
 
-def check_listen_only(value: Any, where: str = "listen_only") -> bool:
+def check_bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}: must be true or false, got {shown(value)}")
     return value
@@ -197,12 +197,6 @@ def check_protocol(value: Any, where: str = "protocol") -> str:
             f"got {shown(value)}"
         )
     return str(value)
-
-
-def _check_flag(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: must be true or false, got {shown(value)}")
-    return value
 
 
 def _check_name(value: Any, where: str) -> str:
@@ -389,14 +383,12 @@ def parse_config(
                 allow_zero=True,
                 maximum=MAX_COMMAND_GAP,
             ),
-            listen_only=check_listen_only(
-                entry.get("listen_only", listen_only), f"{where}.listen_only"
-            ),
+            listen_only=check_bool(entry.get("listen_only", listen_only), f"{where}.listen_only"),
             listen_max_age=_check_max_age(
                 entry.get("listen_max_age", listen_max_age), f"{where}.listen_max_age"
             ),
             protocol=check_protocol(entry.get("protocol", protocol), f"{where}.protocol"),
-            console_wakeup=_check_flag(
+            console_wakeup=check_bool(
                 entry.get("console_wakeup", console_wakeup), f"{where}.console_wakeup"
             ),
         )

@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .config import check_bool, shown
 from .errors import ConfigError
 from .yamlfile import read_yaml
 
@@ -302,7 +303,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {value!r}")
+        raise ConfigError(f"{where}: must be a mapping, got {shown(value)}")
     return value
 
 
@@ -310,13 +311,13 @@ def _unknown(mapping: dict[str, Any], allowed: tuple[str, ...], where: str) -> N
     for key in mapping:
         if key not in allowed:
             raise ConfigError(
-                f"{where}: unknown key {key!r}; allowed keys are {', '.join(allowed)}"
+                f"{where}: unknown key {shown(key)}; allowed keys are {', '.join(allowed)}"
             )
 
 
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{where}: must be a non-empty string, got {shown(value)}")
     return value
 
 
@@ -325,12 +326,6 @@ def _file(value: Any, where: str, base_dir: str = "") -> str:
     if not os.path.isfile(path):
         raise ConfigError(f"{where}: file {path} does not exist")
     return path
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: must be true or false, got {value!r}")
-    return value
 
 
 def parse_web_config(document: Any, source: str, *, base_dir: str = "") -> WebConfig:
@@ -352,7 +347,7 @@ def parse_web_config(document: Any, source: str, *, base_dir: str = "") -> WebCo
     http_doc = _mapping(document.get("http_server_config"), f"{source}: http_server_config")
     _unknown(http_doc, _HTTP_KEYS, f"{source}: http_server_config")
     if "http2" in http_doc:
-        _bool(http_doc["http2"], f"{source}: http_server_config.http2")
+        check_bool(http_doc["http2"], f"{source}: http_server_config.http2")
     headers = _mapping(http_doc.get("headers"), f"{source}: http_server_config.headers")
     for name, value in headers.items():
         where = f"{source}: http_server_config.headers.{name}"
@@ -375,7 +370,7 @@ def parse_web_config(document: Any, source: str, *, base_dir: str = "") -> WebCo
             ) from None
         allowed = ALLOWED_HEADERS[name]
         if allowed is not None and text.lower() not in allowed:
-            raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {text!r}")
+            raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {shown(text)}")
         config.headers[name] = text
 
     users = _mapping(document.get("basic_auth_users"), f"{source}: basic_auth_users")
@@ -427,7 +422,7 @@ def _parse_tls(doc: dict[str, Any], source: str, base_dir: str = "") -> TLSSetti
         if kind not in CLIENT_AUTH_TYPES:
             raise ConfigError(
                 f"{where}.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}, "
-                f"got {kind!r}"
+                f"got {shown(kind)}"
             )
         if CLIENT_AUTH_TYPES[kind] is None:
             raise ConfigError(
@@ -459,13 +454,14 @@ def _parse_tls(doc: dict[str, Any], source: str, base_dir: str = "") -> TLSSetti
                 )
             if doc[key] not in TLS_VERSIONS:
                 raise ConfigError(
-                    f"{where}.{key}: must be one of {', '.join(TLS_VERSIONS)}, got {doc[key]!r}"
+                    f"{where}.{key}: must be one of {', '.join(TLS_VERSIONS)}, "
+                    f"got {shown(doc[key])}"
                 )
             setattr(tls, key, doc[key])
     if TLS_VERSIONS[tls.min_version] > TLS_VERSIONS[tls.max_version]:
         raise ConfigError(f"{where}: min_version {tls.min_version} is above max_version")
     if "prefer_server_cipher_suites" in doc:
-        tls.prefer_server_cipher_suites = _bool(
+        tls.prefer_server_cipher_suites = check_bool(
             doc["prefer_server_cipher_suites"], f"{where}.prefer_server_cipher_suites"
         )
     return tls

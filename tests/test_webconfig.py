@@ -63,6 +63,25 @@ def test_bad_web_config_says_what_to_fix(pki, tmp_path, text, message):
     assert "\n" not in str(error.value)
 
 
+HUGE = "x" * 100_000
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"http_server_config": {"http2": HUGE}},
+        {"basic_auth_users": HUGE},
+        {"tls_server_config": {"cert": [HUGE]}},
+        {HUGE: 1},
+        {"http_server_config": {"headers": {"X-Frame-Options": HUGE}}},
+    ],
+)
+def test_a_huge_bad_value_gives_a_short_error(document):
+    with pytest.raises(ConfigError) as error:
+        parse_web_config(document, "web.yml")
+    assert len(str(error.value)) < 300
+
+
 def test_relative_certificate_paths_are_relative_to_the_web_config_file(pki, tmp_path, monkeypatch):
     (tmp_path / "web.yml").write_text(
         "tls_server_config:\n"
