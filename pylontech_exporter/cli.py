@@ -35,6 +35,8 @@ from .config import (
 )
 from .errors import ConfigError
 from .logging_setup import FORMATS, LEVELS, kv, setup_logging
+from .models import MAX_MODULES_PER_GROUP, master_address, module_position
+from .rs485.passive import group_of
 
 if TYPE_CHECKING:
     from .bank import Bank
@@ -704,14 +706,12 @@ def serve(args: argparse.Namespace) -> int:
 SCAN_RANGE = (0x02, 0x82)
 
 
-def group_of(address: int) -> int:
-    """Group of a bus address (n = 2..17 in ADR = n + 0x10 * m)."""
-    return (address - 2) // 0x10
-
-
 def _ranges(args: argparse.Namespace, groups: list[int]) -> list[tuple[int, int]]:
     if args.group_given or args.config_file or args.simulate:
-        return [(0x02 + 0x10 * g, 0x12 + 0x10 * g) for g in sorted(set(groups))]
+        return [
+            (master_address(g), master_address(g) + MAX_MODULES_PER_GROUP)
+            for g in sorted(set(groups))
+        ]
     return [SCAN_RANGE]
 
 
@@ -721,8 +721,8 @@ def _print_modules(rows: list[tuple[str, int, str, str]]) -> None:
     table = [header]
     for port, address, serial_number, firmware in rows:
         group = group_of(address)
-        position = address - 0x10 * group - 1
-        table.append((port, f"0x{address:02X}", str(group), str(position), serial_number, firmware))
+        where = ("?", "?") if group is None else (str(group), str(module_position(address, group)))
+        table.append((port, f"0x{address:02X}", *where, serial_number, firmware))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
