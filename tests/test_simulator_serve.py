@@ -297,6 +297,8 @@ def test_cli_mixed_stack_with_16_cells_on_a_private_gateway() -> None:
         (["--tcp", ":0", "--model", "US3000C,US2000C", "--modules", "3"], "lists 2 models"),
         (["--tcp", ":0", "--cells", "17"], "expected a cell count 8..16"),
         (["--tcp", ":0", "--gateway", "smart"], "invalid choice: 'smart'"),
+        (["--tcp", ":0", "--fault", "trickle"], "--fault trickle: a console fault"),
+        (["--tcp", ":0", "--console", "--fault", "chksum"], "--fault chksum: an RS485 fault"),
     ],
 )
 def test_cli_bad_arguments_exit_2(args: list[str], message: str) -> None:

@@ -193,6 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--firmware chooses the console's layout: give --console too")
     if args.console and args.master:
         parser.error("--master plays an inverter on RS485; the console has no bus master")
+    protocol = ConsoleResponder if args.console else Rs485Responder
+    for fault in args.fault:
+        if fault.kind not in protocol.HONOURED:
+            kind = fault.kind.value
+            parser.error(
+                f"--fault {kind}: an RS485 fault; the console never shows it"
+                if args.console
+                else f"--fault {kind}: a console fault; RS485 never shows it (give --console)"
+            )
     specs = models if len(models) > 1 else models * count
     if args.cells:
         specs = [with_cells(get_model(name), args.cells) for name in specs]

@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..models import AlarmState, ModuleAlarms, module_address, worst_alarm
 from .battery import BatteryStack, VirtualModule
@@ -320,6 +321,9 @@ def _mc(celsius: float) -> int:
 
 class ConsoleResponder:
     """The stack's console: one typed line in, what the shell prints out."""
+
+    #: The fault kinds it applies.
+    HONOURED: ClassVar[frozenset[FaultKind]] = _CONTENT | _WIRE
 
     def __init__(
         self,

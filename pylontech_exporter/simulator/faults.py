@@ -48,19 +48,19 @@ FAULT_HELP = """\
 fault SPEC is KIND[:KEY=VALUE,...]; integers may be hex (0x42). KINDS:
   junk           random bytes (never '~' or CR) before the answer; size=N (4)
   nul            N NUL bytes after the answer's CR; size=N (3)
-  chksum         wrong CHKSUM
-  lchksum        wrong LCHKSUM nibble (CHKSUM matches the corrupted frame)
-  lenid          LENID 2 more than the INFO length (LCHKSUM and CHKSUM match it)
+  chksum         (RS485) wrong CHKSUM
+  lchksum        (RS485) wrong LCHKSUM nibble (CHKSUM matches the corrupted frame)
+  lenid          (RS485) LENID 2 more than the INFO length (LCHKSUM and CHKSUM match it)
   truncate       only the first size=N bytes (half the frame), no CR
   drop           no answer at all
   delay          answer seconds=S (1.0) late
   rtn            answer with RTN code=C (0x91) and empty INFO
-  wrong_address  answer from ADR to=A (request ADR + 1)
+  wrong_address  (RS485) answer from ADR to=A (request ADR + 1)
   stale          an old answer (the previous one) first, in the same write
   vanish         module=A is unplugged (silent, missing from bank answers)
-  nobank         the master ignores FF: no answer to the bank-wide query
-  inflate        a bank-wide answer lists size=N modules (20), the last one repeated
-  implausible    an 0x42 answer reports cell 1 at 0xFFFF (-0.001 V), checksum right
+  nobank         (RS485) the master ignores FF: no answer to the bank-wide query
+  inflate        (RS485) a bank-wide answer lists size=N modules (20), the last one repeated
+  implausible    (RS485) an 0x42 answer reports cell 1 at 0xFFFF (-0.001 V), checksum right
   prompt         (console) the answer without the prompt after its $$
   trickle        (console) the answer at size=N bytes per second (100)
 KEYS (filters and firing, all kinds): address=A, command=C (only requests to that
@@ -159,6 +159,8 @@ CONTENT_FAULTS = frozenset(
 )
 #: Faults that change how the answer looks on the wire.
 WIRE_FAULTS = frozenset(FaultKind) - CONTENT_FAULTS
+#: Faults only the console honours (RS485 never draws them).
+CONSOLE_ONLY_FAULTS = frozenset({FaultKind.PROMPT, FaultKind.TRICKLE})
 
 
 def _reseal(body: bytes) -> bytes:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from ..transport import Framer
 from .battery import BatteryStack
+from .faults import FaultKind
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ SILENCE = Reply(None)
 class Responder(Protocol):
     """One protocol spoken by the virtual stack (RS485 slaves, ...)."""
 
+    #: The fault kinds it applies (``pylontech-simulator`` refuses others).
+    HONOURED: ClassVar[frozenset[FaultKind]]
     stack: BatteryStack
 
     def framer(self) -> Framer:

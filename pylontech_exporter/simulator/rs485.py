@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from ..models import ModuleAlarms, ModuleValues, master_address
 from ..rs485 import commands
@@ -53,13 +53,22 @@ from ..rs485.frame import (
 from ..rs485.payloads import ALL_MODULES
 from ..rs485.stream import FrameSplitter
 from .battery import BatteryStack, VirtualModule
-from .faults import WIRE_FAULTS, Fault, FaultKind, corrupt_chksum, corrupt_lchksum, corrupt_lenid
+from .faults import (
+    CONSOLE_ONLY_FAULTS,
+    WIRE_FAULTS,
+    Fault,
+    FaultKind,
+    corrupt_chksum,
+    corrupt_lchksum,
+    corrupt_lenid,
+)
 from .responder import SILENCE, Reply
 
 _VANISH = frozenset({FaultKind.VANISH})
 _NOBANK = frozenset({FaultKind.NOBANK})
 _INFLATE = frozenset({FaultKind.INFLATE})
 _IMPLAUSIBLE = frozenset({FaultKind.IMPLAUSIBLE})
+_WIRE = WIRE_FAULTS - CONSOLE_ONLY_FAULTS
 #: Modules an ``inflate`` fault lists when it says no number.
 INFLATED = 20
 #: INFOFLAG bits: an alarm change, a switch change not yet read by 0x44.
@@ -113,6 +122,9 @@ def _switches(alarms: ModuleAlarms) -> tuple[bool, bool]:
 class Rs485Responder:
     """The stack as RS485 slaves: request frames in, answer frames out."""
 
+    #: The fault kinds it applies (the console-only ones it never draws).
+    HONOURED: ClassVar[frozenset[FaultKind]] = frozenset(FaultKind) - CONSOLE_ONLY_FAULTS
+
     def __init__(self, stack: BatteryStack) -> None:
         self.stack = stack
         #: The last answer sent without faults (what a ``stale`` fault repeats).
@@ -150,7 +162,7 @@ class Rs485Responder:
         frame = self._answer(module, req, vanished)
         if frame is None:
             return SILENCE
-        fired = plan.draw(req.address, req.command, WIRE_FAULTS)
+        fired = plan.draw(req.address, req.command, _WIRE)
         if not fired:
             data = encode_frame(frame)
             self.last_reply = data
