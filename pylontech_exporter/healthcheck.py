@@ -26,7 +26,6 @@ from .server import parse_listen_address
 
 #: The command line of the container's first process.
 PID1_CMDLINE = "/proc/1/cmdline"
-DEFAULT_ADDRESS = ":10460"
 #: What an exporter that requires a client certificate answers this check with.
 _CERTIFICATE_REFUSED = ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE")
 
@@ -58,15 +57,17 @@ def listen_address(
 
     environ = dict(os.environ if environ is None else environ)
     flags = exporter_flags(cmdline_path)
-    if flags is not None:
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):  # argparse's own error lines
-                args = parse_args(flags, environ)
-        except SystemExit:  # flags it could not have started with: see the environment
-            pass
-        else:
-            return str(args.web_listen_address)
-    return environ.get(env_name("--web.listen-address"), DEFAULT_ADDRESS)
+    with contextlib.redirect_stderr(io.StringIO()):  # argparse's own error lines
+        for argv in ([] if flags is None else [flags]) + [[]]:
+            try:
+                return str(parse_args(argv, environ).web_listen_address)
+            except SystemExit:  # flags or variables it could not have started with
+                pass
+        # Another variable is bad: this one alone (the parser takes any address).
+        name = env_name("--web.listen-address")
+        return str(
+            parse_args([], {name: environ[name]} if name in environ else {}).web_listen_address
+        )
 
 
 def healthy(address: str, timeout: float = 3.0) -> bool:

@@ -72,6 +72,7 @@ def test_the_address_given_to_docker_run_is_the_one_checked(tcp_simulator, tmp_p
         (["/bin/sh", "-c", "sleep 1d"], {ENV: ":9100"}, ":9100"),  # PID 1 is not the exporter
         ([*SCRIPT, "--no-such-flag", "--web.listen-address=:1"], {ENV: ":9100"}, ":9100"),
         ([], {}, ":10460"),
+        ([], {ENV: ":9100", "PYLONTECH_EXPORTER_SERIAL_BAUDRATE": "abc"}, ":9100"),
     ],
 )
 def test_where_the_address_comes_from(tmp_path, words, environ, address):
