@@ -384,6 +384,9 @@ def test_silence_delay_and_trickle_are_told_to_the_server():
     assert reply.data == clean and reply.delay == 2.5 and reply.pace == 1 / 400
     responder.stack.faults.add("trickle", command="bat", count=1)
     assert responder.handle(b"bat 1\n").pace == 1 / 100  # the default rate
+    responder.stack.faults.add("delay", seconds=1, count=1)
+    responder.stack.faults.add("delay", seconds=2, count=1)
+    assert responder.handle(b"bat 1\n").delay == 3  # they add up, as on RS485
 
 
 def test_a_trickle_on_a_real_line_brings_the_same_bytes_in_many_pieces():

@@ -383,7 +383,8 @@ class ConsoleResponder:
         gone = {f.module for f in plan.draw(address, name, _CONTENT)}
         text = self._answer(line, words, gone)
         data = request + text.encode("latin-1")
-        fired = {f.kind: f for f in plan.draw(address, name, _WIRE)}
+        drawn = plan.draw(address, name, _WIRE)
+        fired = {f.kind: f for f in drawn}
         clean = data
         if not fired:
             self.last_reply = data
@@ -406,7 +407,7 @@ class ConsoleResponder:
             size = fired[FaultKind.NUL].size
             data += b"\x00" * (size if size is not None else 3)
         self.last_reply = clean
-        delay = fired[FaultKind.DELAY].seconds if FaultKind.DELAY in fired else 0.0
+        delay = sum(f.seconds for f in drawn if f.kind is FaultKind.DELAY)
         pace = 0.0
         if FaultKind.TRICKLE in fired:
             pace = 1.0 / (fired[FaultKind.TRICKLE].size or TRICKLE_RATE)
