@@ -10,7 +10,7 @@ from support.replay import capture
 from support.stacks import frozen_stack
 
 from pylontech_exporter.errors import WriteCommandRefused
-from pylontech_exporter.rs485.frame import decode_frame, encode_request
+from pylontech_exporter.rs485.frame import Command, decode_frame, encode_request
 from pylontech_exporter.rs485.stream import FrameSplitter
 from pylontech_exporter.simulator import Rs485Responder
 from pylontech_exporter.simulator.inverter import PROFILES, Inverter, Poll, get_profile
@@ -51,6 +51,8 @@ def test_a_profile_cannot_write_and_names_are_checked():
         get_profile("growatt")
     with pytest.raises(ValueError, match="positive"):
         Inverter(frozen_stack(), PROFILES["bank"], period=0)
+    with pytest.raises(ValueError, match="unknown poll form 'modul'; one of bank, module"):
+        Poll(Command.ANALOG_VALUES, "modul")  # a typo would poll per module
 
 
 def test_the_gateway_carries_each_request_then_its_answer_and_nothing_is_asked_of_it():

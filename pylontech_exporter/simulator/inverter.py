@@ -34,6 +34,10 @@ class Poll:
     command: Command
     form: str
 
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"unknown poll form {self.form!r}; one of {', '.join(FORMS)}")
+
     def requests(self, stack: BatteryStack, group: int) -> list[bytes]:
         """This poll's requests to ``group``: one per present module, or one to the master."""
         master = master_address(group)
