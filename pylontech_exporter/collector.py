@@ -116,7 +116,7 @@ class HealthCollector(_Part):
         )
         failures = CounterMetricFamily(
             "pylontech_serial_request_failures",
-            "Failed requests by reason (timeout, checksum, frame, return_code, transport)",
+            f"Failed requests by reason ({', '.join(FAILURE_REASONS)})",
             labels=["bank", "reason"],
         )
         discovering = GaugeMetricFamily(
@@ -410,8 +410,7 @@ class ManagementCollector(_Part):
     def families(self, snapshot: Snapshot) -> Iterable[Metric]:
         def h(text: str) -> str:
             return (
-                f"{text} (read as the scrape's time allows and every 30 s between scrapes; "
-                "exported while younger than 60 s, read time in "
+                f"{text} (exported while recent; its read time in "
                 "pylontech_module_last_read_timestamp_seconds)"
             )
 
