@@ -21,6 +21,7 @@ from support.console import (
 
 from pylontech_exporter.console import tables
 from pylontech_exporter.console.shell import AnswerSplitter, is_page, parse_answer
+from pylontech_exporter.errors import PylontechError
 
 RECORDS = json.loads(TRANSCRIPTS.read_text(encoding="utf-8"))["transcripts"]
 
@@ -434,6 +435,15 @@ def test_a_pwr_row_that_is_not_a_battery_or_printed_twice_is_skipped_and_reporte
         "pwr row 1: printed twice, the second skipped",
         "pwr row 16: printed twice, the second skipped",
     )
+
+
+def test_a_pwr_without_its_header_is_an_error_when_checked():
+    table = tables.parse_pwr(["garbage line", _pwr_row(1)])
+    assert table.rows == () and table.problems == ("pwr: no header line (Power Volt Curr ...)",)
+    with pytest.raises(PylontechError, match="no header line"):
+        table.checked()
+    rows_only = tables.parse_pwr([PWR_HEADER, ABSENT_OLD])
+    assert rows_only.checked() is rows_only  # a header and no battery present: fine
 
 
 def test_a_bat_row_without_its_charge_is_reported():

@@ -247,9 +247,7 @@ class ConsoleSource:
     def _pwr(self, deadline: Deadline) -> tables.PowerTable:
         table = tables.parse_pwr(self.shell.run("pwr", deadline).lines)
         self._report("pwr", table.problems)
-        if not table.columns:
-            raise PylontechError(table.problems[0])
-        return table
+        return table.checked()
 
     def _listed(self, table: tables.PowerTable) -> dict[int, tables.PowerRow]:
         """The batteries ``pwr`` lists as present, known from now on."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..config import SerialSettings
 from ..errors import PylontechError
 from . import tables
-from .shell import ConsoleShell
+from .reader import default_shell
 
 
 @dataclass(frozen=True)
@@ -22,23 +22,13 @@ class Battery:
     firmware: str
 
 
-def scan(
-    settings: SerialSettings, found: Callable[[Battery], None], shell: ConsoleShell | None = None
-) -> None:
+def scan(settings: SerialSettings, found: Callable[[Battery], None]) -> None:
     """``found(battery)`` for each battery present in ``pwr``, in order, as its ``info N``
     answers ("?" for what it does not give: the US3000D rejects ``info N``). Raises
     PylontechError when ``pwr`` does not answer."""
-    console = shell or ConsoleShell(
-        settings.port,
-        settings.baudrate,
-        timeout=settings.timeout,
-        command_gap=settings.command_gap,
-        wakeup=settings.console_wakeup,
-    )
+    console = default_shell(settings)
     try:
-        table = tables.parse_pwr(console.run("pwr").lines)
-        if not table.columns:
-            raise PylontechError(table.problems[0])
+        table = tables.parse_pwr(console.run("pwr").lines).checked()
         for row in table.present:
             try:
                 identity = tables.parse_info(console.run(f"info {row.index}").lines).identity()
@@ -54,5 +44,4 @@ def scan(
                 )
             )
     finally:
-        if shell is None:
-            console.close()
+        console.close()

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..errors import PylontechError
 from ..models import CellHealth, ModuleIdentity, ModuleStatistics
 
 # --- fields ----------------------------------------------------------------------------------
@@ -180,6 +181,12 @@ class PowerTable:
     @property
     def present(self) -> list[PowerRow]:
         return [r for r in self.rows if not r.absent]
+
+    def checked(self) -> PowerTable:
+        """This table; PylontechError when ``pwr`` printed no header (nothing to read)."""
+        if not self.columns:
+            raise PylontechError(self.problems[0])
+        return self
 
 
 _TIME = Column("time", _text)  # two tokens, joined by the row parser
