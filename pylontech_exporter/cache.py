@@ -55,7 +55,7 @@ class SnapshotCache:
         self._lock = threading.Lock()
         self._flight: _Flight | None = None
         self._last: Snapshot | None = None
-        #: How many bus reads this cache started (for tests and the landing page).
+        #: How many bus reads this cache started (for tests).
         self.reads = 0
 
     @property

@@ -91,10 +91,6 @@ class LineWorker:
 
         return wait
 
-    def read(self, deadline: Deadline) -> list[BankReading] | None:
-        """:meth:`submit` and wait."""
-        return self.submit(deadline)()
-
     def stop(self) -> threading.Thread:
         """Stop after the step in progress; the line closes on the thread returned (join
         it for a while at most: a request in flight holds the line until its timeout,

@@ -55,7 +55,7 @@ def _worker(source: ScriptedSource) -> LineWorker:
 
 
 def _scrape(worker: LineWorker) -> list[BankReading] | None:
-    return worker.read(Deadline())  # no deadline: what the line does decides
+    return worker.submit(Deadline())()  # no deadline: what the line does decides
 
 
 def test_a_scrape_cuts_the_background_step_waiting_on_the_bus():
@@ -115,7 +115,7 @@ def test_a_scrape_whose_deadline_passed_while_queued_is_not_read():
     try:
         assert source.in_step.wait(5)
         passed = Deadline(0.0)  # long gone by the time the line is free
-        assert worker.read(passed) is None
+        assert worker.submit(passed)() is None
         assert "scrape" not in source.log
     finally:
         worker.stop().join(5)

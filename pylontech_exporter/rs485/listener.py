@@ -44,7 +44,6 @@ RETRY_SECONDS = 2.0
 #: Parts of a module's data that are readings (exported while younger than max-age);
 #: the other answers (serial, software, parameters) are static data, kept.
 READINGS = ("values", "alarms", "management")
-_STATIC = ("serial", "software", "parameters")
 
 
 @dataclass(frozen=True)

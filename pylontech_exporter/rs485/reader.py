@@ -423,9 +423,9 @@ class BankReader:
 
     # -- between scrapes --------------------------------------------------------------
 
-    def background(self) -> float | None:
-        """One step of background work; the seconds until the next is due, None when
-        nothing is left for now. DeadlinePassed (a scrape wants the line) goes through."""
+    def background(self) -> float:
+        """One step of background work; the seconds until the next is due.
+        DeadlinePassed (a scrape wants the line) goes through."""
         bank = self.bank
         if not self._same_stack():
             return BACKGROUND_RETRY if bank.known else 0.0
@@ -583,7 +583,7 @@ class Rs485Source:
                 reader._count(before_requests, before_failures)
             if pause == 0.0:
                 return 0.0  # one step done; the next one after a look at the scrapes
-            pauses.append(MANAGEMENT_REFRESH if pause is None else pause)
+            pauses.append(pause)
         return min(pauses, default=MANAGEMENT_REFRESH)
 
     def close(self) -> None:
