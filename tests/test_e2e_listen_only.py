@@ -52,7 +52,7 @@ def test_every_value_the_inverter_reads_is_exported_and_nothing_is_sent(stack):
             period = samples[
                 key("pylontech_listen_poll_period_seconds", bank="0", command="values")
             ]
-            assert 0.3 <= period < 1.0
+            assert period >= 0.3
         assert_readings_equal(readings(samples), expected_readings(stack, "0", 0))
         assert gateway.received == 0
 
