@@ -89,7 +89,9 @@ class TransportError(PylontechError):
 
 
 class WriteCommandRefused(PylontechError, ValueError):
-    """Someone asked to encode a write command (0x94, 0x95). This package is read-only."""
+    """Someone asked to send a command that could change a battery: an RS485 write (0x94,
+    0x95) or a console command outside the allow-list (``console.shell.CommandRefused``).
+    This package is read-only."""
 
     reason = "refused"
 

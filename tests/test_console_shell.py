@@ -7,6 +7,7 @@ the line and what came back, never on wall time."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pylontech_exporter.console import shell as shell_module
 from pylontech_exporter.console.shell import (
     ALLOWED,
     PAGER,
+    PROMPTS,
     WAKEUP_FRAME,
     AnswerSplitter,
     CommandFailed,
@@ -25,7 +27,7 @@ from pylontech_exporter.console.shell import (
     lines_of,
 )
 from pylontech_exporter.deadline import Deadline
-from pylontech_exporter.errors import DeadlinePassed, ResponseTimeout
+from pylontech_exporter.errors import DeadlinePassed, ResponseTimeout, WriteCommandRefused
 from pylontech_exporter.simulator import BatteryStack
 from pylontech_exporter.simulator.console import ConsoleResponder
 from pylontech_exporter.simulator.serve import PtySimulator, TcpSimulator
@@ -133,6 +135,12 @@ def test_the_shell_commands_that_are_not_reads_are_not_in_the_allow_list(command
     assert not ALLOWED.fullmatch(command)
     with pytest.raises(CommandRefused):
         check_command(command)
+
+
+def test_a_refused_console_command_is_the_packages_one_refusal_of_a_write():
+    with pytest.raises(WriteCommandRefused) as refused:
+        check_command("shut")
+    assert isinstance(refused.value, CommandRefused) and refused.value.reason == "refused"
 
 
 def test_the_allow_list_takes_a_battery_number_1_to_16_only():
@@ -346,6 +354,20 @@ def test_units_end_at_dollars_at_a_prompt_and_at_a_pager_prompt():
         PAGER + b", other\r",
     ]
     assert splitter.buffered == len(b" tail")
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_an_answer_ends_at_any_of_the_prompts(prompt):
+    text = f"pwr\n\r@\r\nrow\r\n\r$$\r\n\r{prompt.decode()} \r\n"
+    answer = shell_module.parse_answer(text, "pwr")
+    assert answer.prompt == prompt.decode() and answer.lines == ("row",)
+
+
+def test_the_longest_answer_the_splitter_takes_fits_in_the_time_an_answer_is_given():
+    shell = shell_on("socket://127.0.0.1:9", timeout=1.0)
+    asked = time.monotonic()
+    wire = shell_module.MAX_ANSWER_BYTES * 10 / shell.transport.baudrate
+    assert shell._answer_limit() - asked >= 1.0 + wire
 
 
 def test_a_flood_without_a_boundary_is_dropped():

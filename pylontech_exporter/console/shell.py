@@ -33,7 +33,14 @@ from dataclasses import dataclass, field, replace
 
 from ..config import CONSOLE_BAUDRATE
 from ..deadline import Deadline
-from ..errors import DeadlinePassed, FrameError, PylontechError, ResponseError, ResponseTimeout
+from ..errors import (
+    DeadlinePassed,
+    FrameError,
+    PylontechError,
+    ResponseError,
+    ResponseTimeout,
+    WriteCommandRefused,
+)
 from ..logging_setup import kv
 from ..transport import SerialTransport
 
@@ -55,8 +62,6 @@ RESYNC_TRIES = 3
 #: The longest answer taken (a 16-battery ``pwr`` of the widest layout is about 4 kB,
 #: ``stat`` of the newest firmware 5 kB); beyond it the bytes are dropped as noise.
 MAX_ANSWER_BYTES = 16384
-#: An answer's bytes take at most this long on the wire (bytes x 10 / baud) past the wait.
-WIRE_BYTES = 8192
 #: After ``$$`` the prompt follows at once; this long without it means it was lost.
 PROMPT_GRACE = 0.1
 #: More pages than this: something is wrong (the allow-list holds no paged command).
@@ -72,13 +77,15 @@ _BOUNDARY = re.compile(
 #: A boundary is at most this long: new bytes are searched from this far back.
 _LOOKBACK = len(PAGER) + 82
 _PROMPT_AT_END = re.compile(rb"(?:" + b"|".join(re.escape(p) for p in PROMPTS) + rb")\Z")
+#: The same in decoded text, blanks after it allowed.
+_PROMPT_TEXT_AT_END = re.compile(
+    "(?:" + "|".join(re.escape(p.decode()) for p in PROMPTS) + r")\s*\Z"
+)
 _COMPLETED = re.compile(r"Command completed successfully!?")
 
 
-class CommandRefused(PylontechError, ValueError):
+class CommandRefused(WriteCommandRefused):
     """A command outside the read-only allow-list. Nothing was sent."""
-
-    reason = "refused"
 
 
 class CommandFailed(PylontechError):
@@ -187,7 +194,7 @@ def parse_answer(text: str, command: str, *, paged: bool = False) -> Answer:
     """The answer in ``text`` (one unit or more of :class:`AnswerSplitter`, decoded as
     latin-1) to ``command``."""
     prompt = None
-    found = re.search(r"(?:pylon_debug|pylon|PYTES)>\s*\Z", text)
+    found = _PROMPT_TEXT_AT_END.search(text)
     if found:
         prompt = found.group(0).strip()
         text = text[: found.start()]
@@ -334,7 +341,7 @@ class ConsoleShell:
     def _answer_limit(self) -> float:
         """When an answer (or a page) asked for now must have ended: the silence allowed
         plus the longest answer's time on the wire."""
-        return time.monotonic() + self.timeout + WIRE_BYTES * 10 / self.transport.baudrate
+        return time.monotonic() + self.timeout + self.transport.longest_frame_seconds
 
     def _synced_at(self, prompt: str | None) -> None:
         self.synced = True
