@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -16,6 +15,7 @@ from support.inprocess import resources
 from support.metrics import assert_readings_equal, expected_readings, key, parse, readings, select
 from support.net import free_port
 from support.processes import Exporter
+from support.rules import require_binary
 from support.stacks import frozen_stack
 from support.waiting import wait_for
 
@@ -340,14 +340,15 @@ def test_simulate_mode_serves_three_modules():
     assert "Simulated battery stack" in page.decode()
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@pytest.mark.prometheus
 def test_promtool_check_metrics_on_a_real_scrape(tcp):
+    promtool = require_binary("promtool")
     with Exporter("--serial.port", tcp.url, *FAST) as exporter:
         _, _, body = exporter.get("/metrics")
     text = body.decode()
     parse(text)  # well-formed
     result = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     # The contract names capacities in ampere-hours (docs/metrics.md); promtool would have
