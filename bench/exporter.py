@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tests.support.net import free_port
+
 from .section import REPO
 
 #: What Prometheus 2.x sends as Accept.
@@ -32,12 +34,6 @@ PROMETHEUS_ACCEPT = (
 )
 _SAMPLE = re.compile(rb"^(pylontech_\w+)\{([^}]*)\} (\S+)", re.M)
 _LABEL = re.compile(rb'(\w+)="([^"]*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
